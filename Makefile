@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU torch first, pinned through a constraints file, so pip never pulls the CUDA build.
+PIP := PIP_CONSTRAINT=constraints.txt $(PY) -m pip install -q --disable-pip-version-check
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/armed-bio demo --out demo_output --threads 1
+
+test: setup
+	$(VENV)/bin/ruff check armed_bio tests benchmarks data
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check armed_bio tests benchmarks data
+
+clean:
+	rm -rf $(VENV) demo_output

@@ -1,0 +1,429 @@
+"""``ArmedRNA``: the user-facing ARMED mixed-effects autoencoder for scRNA-seq counts."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scvi
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from .. import _validation as check
+from .._constants import FE_OBSM_KEY, MODES, RE_OBSM_KEY, UNS_KEY, LatentKind, Likelihood, Mode
+from ..module import ArmedVAEModule
+from ..train import ArmedTrainingPlan
+from . import _save_load
+
+logger = logging.getLogger(__name__)
+
+# Optimizer steps a default run aims for: fewer than ~800 under-corrected strong batch effects
+# in the prototype, 1,000-1,500 were enough (shared/design/findings.md).
+DEFAULT_TARGET_STEPS = 1500
+MAX_DEFAULT_EPOCHS = 500
+
+
+def default_max_epochs(n_obs: int, batch_size: int, train_size: float = 0.9) -> int:
+    """Epochs giving about ``DEFAULT_TARGET_STEPS`` optimizer steps (at least one epoch)."""
+    steps_per_epoch = max(1, math.ceil(n_obs * train_size / batch_size))
+    return int(min(MAX_DEFAULT_EPOCHS, max(1, math.ceil(DEFAULT_TARGET_STEPS / steps_per_epoch))))
+
+
+class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
+    """ARMED mixed-effects autoencoder for single-cell RNA-seq counts.
+
+    One joint model: a fixed-effects (FE) encoder made batch-invariant by an adversary, a
+    random-effects (RE) encoder with Bayesian FiLM random effects, and a mixed-effects decoder
+    whose hidden layers and per-gene output carry per-batch random effects (``Z = 0`` gives
+    batch-free expression).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    mode
+        ``"mixed"`` (full ARMED), ``"fixed"`` (adversarial FE autoencoder, scMEDAL-FE) or
+        ``"random"`` (random effects only, no adversary, scMEDAL-RE).
+    likelihood
+        ``"nb"`` (default), ``"zinb"``, ``"poisson"`` on raw counts with library size, or
+        ``"gaussian"`` (MSE) on log-normalised data.
+    n_latent_fe, n_latent_re
+        Sizes of the FE (batch-invariant) and RE (batch-specific) latents.
+    n_hidden, n_layers, dropout_rate
+        Network architecture.
+    adversary_on
+        ``"latent"`` or ``"all"`` encoder layers.
+    adversary_weight
+        ``lambda_g``: a number, or ``"auto"`` to scale it with the reconstruction loss.
+    adversary_scale
+        ``lambda_g`` per unit of per-cell reconstruction loss when ``adversary_weight="auto"``.
+    adversary_objective
+        ``"confusion"`` (push the adversary towards a uniform prediction) or
+        ``"negative_ce"`` (``-lambda_g * CE``, the paper's form).
+    fe_reconstruction_weight
+        ``lambda_F``, weight of the FE-only reconstruction.
+    re_batch_weight
+        Weight of the cooperative batch head on ``z_RE``.
+    hidden_prior_sd, output_prior_sd
+        Prior s.d. of the hidden FiLM and per-gene output random effects.
+    seed
+        Seed for weight initialisation.
+
+    Examples
+    --------
+    >>> armed_bio.model.ArmedRNA.setup_anndata(adata, batch_key="batch")
+    >>> model = armed_bio.model.ArmedRNA(adata)
+    >>> model.train()
+    >>> model.write_to_adata()  # .obsm["X_armed_fe"], .obsm["X_armed_re"], .uns["armed"]
+    """
+
+    _module_cls = ArmedVAEModule
+    _training_plan_cls = ArmedTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData,
+        mode: Mode = "mixed",
+        likelihood: Likelihood = "nb",
+        n_latent_fe: int = 10,
+        n_latent_re: int = 5,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        adversary_on: str = "latent",
+        adversary_weight: float | str = "auto",
+        adversary_scale: float = 0.01,
+        adversary_objective: str = "confusion",
+        fe_reconstruction_weight: float = 1.0,
+        re_batch_weight: float = 1.0,
+        hidden_prior_sd: float = 0.25,
+        output_prior_sd: float = 1.0,
+        seed: int = 0,
+    ):
+        check.check_anndata(adata)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        super().__init__(adata)
+        matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        check.check_likelihood(matrix, likelihood, self._data_description())
+        scvi.settings.seed = seed
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_batch=self.summary_stats.n_batch,
+            mode=mode,
+            likelihood=likelihood,
+            n_latent_fe=n_latent_fe,
+            n_latent_re=n_latent_re,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            dropout_rate=dropout_rate,
+            adversary_on=adversary_on,
+            adversary_weight=adversary_weight,
+            adversary_scale=adversary_scale,
+            adversary_objective=adversary_objective,
+            fe_reconstruction_weight=fe_reconstruction_weight,
+            re_batch_weight=re_batch_weight,
+            hidden_prior_sd=hidden_prior_sd,
+            output_prior_sd=output_prior_sd,
+        )
+        self._model_summary_string = (
+            f"ArmedRNA (mode={mode}, likelihood={likelihood}): {self.summary_stats.n_vars} genes, "
+            f"{self.summary_stats.n_batch} batches, FE latent {n_latent_fe}"
+            + (f", RE latent {n_latent_re}" if self.module.has_random_encoder else "")
+        )
+        self.train_params_: dict[str, Any] = {}
+        self.init_params_ = self._get_init_params(locals())
+
+    def _data_description(self) -> str:
+        layer = self.registry_["setup_args"].get("layer")
+        return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData for ARMED.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes. Raw counts for the count likelihoods.
+        layer
+            Layer holding the data; ``None`` uses ``adata.X``.
+        batch_key
+            ``adata.obs`` column with the grouping modelled as a random effect (batch, donor,
+            plate). Required, at least two levels.
+        labels_key
+            Optional ``adata.obs`` column with cell labels (kept in the registry).
+
+        All checks run before anything is written, so on error ``adata`` is unchanged.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())  # first: records the args
+        check.check_anndata(adata)
+        # When loading a model, a subset of the training data may hold a single batch.
+        loading = "source_registry" in kwargs
+        check.check_batch_key(adata, batch_key, min_batches=1 if loading else 2)
+        check.check_labels_key(adata, labels_key)
+        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        check.check_matrix(check.get_matrix(adata, layer), where)
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        batch_size: int = 128,
+        seed: int = 0,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = None,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        plan_kwargs: dict | None = None,
+        datasplitter_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Train with alternating adversary and main updates.
+
+        Parameters
+        ----------
+        max_epochs
+            Number of passes over the training cells. ``None`` picks enough epochs for about
+            1,500 optimizer steps (what removing strong batch effects needed), capped at 500.
+        batch_size
+            Minibatch size.
+        seed
+            Seed for the train/validation split, shuffling and random-effect sampling.
+        accelerator, devices
+            Lightning device arguments (``accelerator="gpu", devices=N``; for several devices
+            pass ``strategy="ddp_find_unused_parameters_true"``).
+        train_size, validation_size
+            Fractions of cells for training and validation (default 0.9 / 0.1).
+        early_stopping
+            Stop when ``elbo_validation`` (logged every epoch) stops improving; tune with
+            ``early_stopping_patience`` and ``early_stopping_min_delta``.
+        plan_kwargs
+            Passed to :class:`~armed_bio.train.ArmedTrainingPlan` (``lr``, ``adversary_lr``,
+            ``warmup_fraction``, ...).
+        datasplitter_kwargs
+            Passed to scvi's ``DataSplitter``.
+        **trainer_kwargs
+            Passed to scvi's ``Trainer`` / Lightning.
+        """
+        if max_epochs is None:
+            max_epochs = default_max_epochs(self.adata.n_obs, batch_size, train_size or 0.9)
+        if not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
+        scvi.settings.seed = seed
+        self.train_params_ = {
+            "max_epochs": max_epochs,
+            "batch_size": batch_size,
+            "seed": seed,
+            "train_size": train_size if train_size is not None else 0.9,
+            "early_stopping": early_stopping,
+            "plan_kwargs": dict(plan_kwargs or {}),
+        }
+        super().train(
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            plan_kwargs=plan_kwargs,
+            datasplitter_kwargs=datasplitter_kwargs,
+            **trainer_kwargs,
+        )
+        self.train_params_["epochs_trained"] = len(self.history_["train_loss"]) if (
+            self.history_ and "train_loss" in self.history_
+        ) else max_epochs
+
+    # ------------------------------------------------------------------ outputs
+    def _check_kind(self, kind: str) -> None:
+        if kind not in ("fe", "re"):
+            raise ValueError(f"kind must be 'fe' or 're', got {kind!r}.")
+        if kind == "re" and not self.module.has_random_encoder:
+            raise ValueError(
+                f"mode={self.module.mode!r} has no random-effects encoder, so there is no RE "
+                "latent. Use kind='fe', or train with mode='mixed' or 'random'."
+            )
+
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        kind: LatentKind = "fe",
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Return the batch-invariant (``kind="fe"``) or batch-specific (``"re"``) latent.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes as the training data; default: the training AnnData.
+        indices
+            Cells to embed; default all.
+        kind
+            ``"fe"``: fixed effects, ``z_FE``; ``"re"``: random effects, ``z_RE``.
+        batch_size
+            Minibatch size for inference.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+        """
+        self._check_if_trained(warn=False)
+        self._check_kind(kind)
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        key = "z" if kind == "fe" else "z_re"
+        parts = []
+        for tensors in loader:
+            inputs = self.module._get_inference_input(tensors)
+            parts.append(self.module.inference(**inputs)[key].cpu())
+        return torch.cat(parts).numpy()
+
+    def write_to_adata(
+        self,
+        adata: AnnData | None = None,
+        fe_key: str = FE_OBSM_KEY,
+        re_key: str = RE_OBSM_KEY,
+    ) -> AnnData:
+        """Write the FE/RE latents to ``.obsm`` and a record of the run to ``.uns["armed"]``.
+
+        Returns the AnnData written to (the training AnnData by default).
+        """
+        adata = self.adata if adata is None else adata
+        adata.obsm[fe_key] = self.get_latent_representation(adata, kind="fe")
+        obsm_keys = {"fe": fe_key}
+        if self.module.has_random_encoder:
+            adata.obsm[re_key] = self.get_latent_representation(adata, kind="re")
+            obsm_keys["re"] = re_key
+        adata.uns[UNS_KEY] = self.run_record(obsm_keys)
+        return adata
+
+    def run_record(self, obsm_keys: dict[str, str] | None = None) -> dict[str, Any]:
+        """A JSON/h5ad-friendly record of the model set-up, parameters and training."""
+        from .. import __version__
+
+        setup = self.registry_["setup_args"]
+        batch_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        record = {
+            "model": type(self).__name__,
+            "armed_bio_version": __version__,
+            "scvi_tools_version": scvi.__version__,
+            "setup": {k: v for k, v in setup.items()},
+            "batch_categories": [str(c) for c in batch_state.categorical_mapping],
+            "params": dict(self.init_params_["non_kwargs"]),
+            "train": dict(self.train_params_),
+            "adversary_weight_final": self.module.current_adversary_weight(),
+            "obsm_keys": obsm_keys or {},
+        }
+        return _h5ad_safe(record)
+
+    # ------------------------------------------------------------------ persistence
+    def save(
+        self,
+        dir_path: str | os.PathLike,
+        overwrite: bool = False,
+        save_anndata: bool = False,
+        **anndata_write_kwargs,
+    ) -> None:
+        """Save the model (weights as tensors only, the rest as JSON) to ``dir_path``.
+
+        Parameters
+        ----------
+        dir_path
+            Directory to write; created if missing.
+        overwrite
+            Allow writing into a non-empty directory.
+        save_anndata
+            Also write the training AnnData as ``adata.h5ad``.
+        """
+        attrs = {name: value for name, value in self._get_user_attributes() if name.endswith("_")}
+        path = _save_load.save_model(
+            self.module.state_dict(), list(self.adata.var_names), attrs, dir_path, overwrite
+        )
+        if save_anndata:
+            self.adata.write_h5ad(path / _save_load.ADATA_FILE, **anndata_write_kwargs)
+
+    @classmethod
+    def load(cls, dir_path: str | os.PathLike, adata: AnnData | None = None) -> ArmedRNA:
+        """Load a model saved with :meth:`save`, without unpickling anything.
+
+        Parameters
+        ----------
+        dir_path
+            Directory written by :meth:`save`.
+        adata
+            AnnData with the training genes in the same order; default: the ``adata.h5ad``
+            saved beside the model.
+        """
+        state, var_names, attrs = _save_load.load_model_files(dir_path)
+        registry = attrs.pop("registry_")
+        if registry.get("model_name") != cls.__name__:
+            raise ValueError(
+                f"{dir_path} holds a {registry.get('model_name')} model, not {cls.__name__}."
+            )
+        if adata is None:
+            saved = os.path.join(dir_path, _save_load.ADATA_FILE)
+            if not os.path.exists(saved):
+                raise ValueError(
+                    f"No AnnData given and none saved in {dir_path}. Pass `adata=` or save "
+                    "with save_anndata=True."
+                )
+            import anndata
+
+            adata = anndata.read_h5ad(saved)
+        check.check_anndata(adata)
+        if list(adata.var_names) != list(var_names):
+            raise ValueError(
+                "adata.var_names differ from the genes the model was trained on. Subset and "
+                "order them as in training: `adata = adata[:, model_var_names]`."
+            )
+        cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
+        init = attrs.pop("init_params_")
+        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
+        model = cls(adata, **init["non_kwargs"], **kwargs)
+        for name, value in attrs.items():
+            setattr(model, name, value)
+        model.module.load_state_dict(state)
+        model.module.eval()
+        return model
+
+
+def _h5ad_safe(obj: Any) -> Any:
+    """Make a nested record writable to h5ad (no None, no tuples, plain scalars)."""
+    if isinstance(obj, dict):
+        return {str(k): _h5ad_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_h5ad_safe(v) for v in obj]
+    if obj is None:
+        return "None"
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -1,0 +1,13 @@
+"""Torch building blocks: random-effects layers, FiLM, encoders, decoders, classifiers."""
+
+from ._networks import Classifier, FixedEffectsEncoder, MixedEffectsDecoder, RandomEffectsEncoder
+from ._random_effects import FiLM, RandomEffect
+
+__all__ = [
+    "Classifier",
+    "FiLM",
+    "FixedEffectsEncoder",
+    "MixedEffectsDecoder",
+    "RandomEffect",
+    "RandomEffectsEncoder",
+]

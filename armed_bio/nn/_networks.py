@@ -1,0 +1,176 @@
+"""Encoders, decoders and classifier heads of the ARMED autoencoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._random_effects import FiLM, RandomEffect
+
+
+def _dense_block(n_in: int, n_out: int, dropout_rate: float) -> nn.ModuleDict:
+    return nn.ModuleDict(
+        {
+            "linear": nn.Linear(n_in, n_out),
+            # LayerNorm, not BatchNorm: the decoder runs twice per step (mixed and Z = 0), and
+            # counterfactual decodes must not depend on the composition of a minibatch.
+            "norm": nn.LayerNorm(n_out),
+            "dropout": nn.Dropout(dropout_rate),
+        }
+    )
+
+
+class FixedEffectsEncoder(nn.Module):
+    """Deterministic encoder ``x -> z_FE`` that also returns its hidden activations.
+
+    Parameters
+    ----------
+    n_input
+        Number of input features (genes).
+    n_latent
+        Size of the fixed-effects latent.
+    n_hidden
+        Width of each hidden layer.
+    n_layers
+        Number of hidden layers.
+    dropout_rate
+        Dropout after each hidden layer.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_latent: int = 10,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+    ):
+        super().__init__()
+        dims = [n_input] + [n_hidden] * n_layers
+        self.blocks = nn.ModuleList(
+            [_dense_block(a, b, dropout_rate) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+        )
+        self.out = nn.Linear(dims[-1], n_latent)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = []
+        h = x
+        for block in self.blocks:
+            h = torch.relu(block["norm"](block["linear"](h)))
+            hidden.append(h)
+            h = block["dropout"](h)
+        return self.out(h), hidden
+
+
+class RandomEffectsEncoder(nn.Module):
+    """Encoder ``(h, Z) -> z_RE`` whose hidden layers carry FiLM random effects.
+
+    It reads the first hidden layer of the fixed-effects encoder (the expensive genes x hidden
+    product is computed once) and modulates every hidden layer per cluster.
+    """
+
+    def __init__(
+        self,
+        n_input: int,
+        n_clusters: int,
+        n_latent: int = 5,
+        n_hidden: int = 64,
+        n_layers: int = 1,
+        prior_sd: float = 0.25,
+    ):
+        super().__init__()
+        dims = [n_input] + [n_hidden] * n_layers
+        self.linears = nn.ModuleList(
+            [nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+        )
+        self.norms = nn.ModuleList([nn.LayerNorm(b, elementwise_affine=False) for b in dims[1:]])
+        self.films = nn.ModuleList([FiLM(n_clusters, b, prior_sd) for b in dims[1:]])
+        self.out = nn.Linear(dims[-1], n_latent)
+
+    def forward(self, h: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
+        for linear, norm, film in zip(self.linears, self.norms, self.films, strict=True):
+            h = torch.relu(film(norm(linear(h)), design))
+        return self.out(h)
+
+    def kl_divergence(self) -> torch.Tensor:
+        return sum(film.kl_divergence() for film in self.films)
+
+
+class MixedEffectsDecoder(nn.Module):
+    """Decoder ``(z_FE, Z) -> per-gene output`` with FiLM random effects and a random output.
+
+    Hidden layers: ``relu((1 + gamma(Z)) * norm(W h) + beta(Z))``. Output: per-gene linear
+    predictor ``eta`` with a random per-gene scale and offset, ``eta * (1 + s(Z)) + o(Z)``.
+    ``Z = 0`` gives the fixed-effects (batch-free) output. With ``n_clusters = 0`` the decoder
+    has no random effects at all (scMEDAL-FE).
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_output: int,
+        n_clusters: int,
+        n_hidden: int = 128,
+        n_layers: int = 1,
+        dropout_rate: float = 0.1,
+        hidden_prior_sd: float = 0.25,
+        output_prior_sd: float = 1.0,
+        zero_inflation: bool = False,
+    ):
+        super().__init__()
+        self.has_random_effects = n_clusters > 0
+        dims = [n_latent] + [n_hidden] * n_layers
+        self.blocks = nn.ModuleList(
+            [_dense_block(a, b, dropout_rate) for a, b in zip(dims[:-1], dims[1:], strict=True)]
+        )
+        self.out = nn.Linear(dims[-1], n_output)
+        self.dropout_logits = nn.Linear(dims[-1], n_output) if zero_inflation else None
+        if self.has_random_effects:
+            self.films = nn.ModuleList(
+                [FiLM(n_clusters, b, hidden_prior_sd) for b in dims[1:]]
+            )
+            self.output_scale = RandomEffect(n_clusters, n_output, output_prior_sd)
+            self.output_offset = RandomEffect(n_clusters, n_output, output_prior_sd)
+
+    def forward(
+        self, z: torch.Tensor, design: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return the linear predictor ``eta`` and, with zero inflation, dropout logits.
+
+        ``design=None`` skips the random effects entirely (same result as ``Z = 0``, cheaper).
+        """
+        use_re = self.has_random_effects and design is not None
+        h = z
+        for i, block in enumerate(self.blocks):
+            h = block["norm"](block["linear"](h))
+            if use_re:
+                h = self.films[i](h, design)
+            h = block["dropout"](torch.relu(h))
+        eta = self.out(h)
+        if use_re:
+            eta = eta * (1.0 + self.output_scale(design)) + self.output_offset(design)
+        dropout = self.dropout_logits(h) if self.dropout_logits is not None else None
+        return eta, dropout
+
+    def kl_divergence(self) -> torch.Tensor:
+        if not self.has_random_effects:
+            return torch.zeros((), device=self.out.weight.device)
+        kl = self.output_scale.kl_divergence() + self.output_offset.kl_divergence()
+        return kl + sum(film.kl_divergence() for film in self.films)
+
+
+class Classifier(nn.Module):
+    """Small MLP classifier returning logits (adversary, batch head, label head)."""
+
+    def __init__(self, n_input: int, n_classes: int, n_hidden: int = 64, n_layers: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = n_input
+        for _ in range(n_layers):
+            layers += [nn.Linear(d, n_hidden), nn.ReLU()]
+            d = n_hidden
+        layers.append(nn.Linear(d, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)

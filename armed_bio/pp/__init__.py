@@ -1,0 +1,1 @@
+"""Preprocessing (microscopy front end to come)."""

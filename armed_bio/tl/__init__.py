@@ -1,0 +1,5 @@
+"""Scanpy-style tools."""
+
+from ._armed import armed
+
+__all__ = ["armed"]

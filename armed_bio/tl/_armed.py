@@ -1,0 +1,58 @@
+"""Scanpy-style one-liner that fits ARMED and writes its latents into the AnnData."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from anndata import AnnData
+
+from .._validation import check_anndata, check_likelihood, get_matrix
+from ..model import ArmedRNA
+
+_MODEL_ARGS = set(inspect.signature(ArmedRNA.__init__).parameters) - {"self", "adata"}
+
+
+def armed(
+    adata: AnnData,
+    batch_key: str,
+    layer: str | None = None,
+    labels_key: str | None = None,
+    *,
+    seed: int = 0,
+    **kwargs: Any,
+) -> ArmedRNA:
+    """Fit :class:`~armed_bio.model.ArmedRNA` and write ``X_armed_fe``/``X_armed_re``.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes with raw counts in ``layer`` (or ``.X``).
+    batch_key
+        ``adata.obs`` column modelled as a random effect.
+    layer
+        Layer with the counts; ``None`` uses ``.X``.
+    labels_key
+        Optional ``adata.obs`` column of cell labels.
+    seed
+        Seed for initialisation and training.
+    **kwargs
+        Model arguments (``mode``, ``likelihood``, ``n_latent_fe``, ...) and training
+        arguments (``max_epochs``, ``batch_size``, ``accelerator``, ...), told apart by name.
+
+    Returns
+    -------
+    The trained model. ``adata`` gains ``.obsm["X_armed_fe"]``, ``.obsm["X_armed_re"]``
+    (when the mode has random effects) and ``.uns["armed"]``.
+    """
+    check_anndata(adata)
+    model_kwargs = {k: v for k, v in kwargs.items() if k in _MODEL_ARGS}
+    train_kwargs = {k: v for k, v in kwargs.items() if k not in _MODEL_ARGS}
+    # Check the likelihood before setup_anndata registers anything in `adata`.
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_likelihood(get_matrix(adata, layer), model_kwargs.get("likelihood", "nb"), where)
+    ArmedRNA.setup_anndata(adata, layer=layer, batch_key=batch_key, labels_key=labels_key)
+    model = ArmedRNA(adata, seed=seed, **model_kwargs)
+    model.train(seed=seed, **train_kwargs)
+    model.write_to_adata(adata)
+    return model

@@ -1,0 +1,5 @@
+"""Training plans for ARMED models."""
+
+from ._trainingplan import ArmedTrainingPlan
+
+__all__ = ["ArmedTrainingPlan"]
