@@ -24,19 +24,31 @@ def linear_batch_accuracy(latent: np.ndarray, batches) -> float:
     return float(cross_val_score(clf, latent, np.asarray(batches), cv=5).mean())
 
 
-def _train(mode: str):
+def _train(**kwargs):
     adata = ab.datasets.simulate_counts(
         n_cells=800, n_genes=100, n_batches=3, n_cell_types=3, batch_effect_sd=1.0, seed=1
     )
     ArmedRNA.setup_anndata(adata, batch_key="batch")
-    model = ArmedRNA(adata, mode=mode, seed=0)
+    model = ArmedRNA(adata, seed=0, **kwargs)
     model.train(max_epochs=200, seed=0, **FAST)  # 1,200 steps
     return adata, model
 
 
-def test_adversary_removes_batch_from_fe_latent():
-    adata, mixed = _train("mixed")
-    _, random = _train("random")
+def test_default_adversary_reduces_batch_structure():
+    """Same architecture with and without the adversary (lambda_g = 0)."""
+    adata, armed = _train()
+    _, no_adversary = _train(adversary_weight=0.0)
+    batches, types = adata.obs["batch"], adata.obs["cell_type"]
+    z, z0 = armed.get_latent_representation(), no_adversary.get_latent_representation()
+    assert silhouette_score(z, batches) < silhouette_score(z0, batches) - 0.05
+    assert silhouette_score(z, types) > silhouette_score(z0, types)
+    assert knn_batch_accuracy(armed.get_latent_representation(kind="re"), batches) > 0.95
+
+
+def test_strong_setting_removes_batch_versus_random_mode():
+    """Confusion objective + detached FE reconstruction against scMEDAL-RE (mode="random")."""
+    adata, mixed = _train(adversary_objective="confusion", detach_fe_reconstruction=True)
+    _, random = _train(mode="random")
     batches, types = adata.obs["batch"], adata.obs["cell_type"]
     z_mixed, z_random = mixed.get_latent_representation(), random.get_latent_representation()
     # Without the adversary the latent encodes the batch perfectly ...

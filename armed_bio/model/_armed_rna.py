@@ -66,10 +66,13 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
     adversary_scale
         ``lambda_g`` per unit of per-cell reconstruction loss when ``adversary_weight="auto"``.
     adversary_objective
-        ``"confusion"`` (push the adversary towards a uniform prediction) or
-        ``"negative_ce"`` (``-lambda_g * CE``, the paper's form).
+        ``"negative_ce"`` (``-lambda_g * CE``, the paper's form, default) or ``"confusion"``
+        (push the adversary towards a uniform prediction; stronger mixing).
     fe_reconstruction_weight
         ``lambda_F``, weight of the FE-only reconstruction.
+    detach_fe_reconstruction
+        The FE-only reconstruction trains the decoder but not the encoder (for very strong,
+        uniform batch effects; off by default, see the module docs).
     re_batch_weight
         Weight of the cooperative batch head on ``z_RE``.
     hidden_prior_sd, output_prior_sd
@@ -101,8 +104,9 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         adversary_on: str = "latent",
         adversary_weight: float | str = "auto",
         adversary_scale: float = 0.01,
-        adversary_objective: str = "confusion",
+        adversary_objective: str = "negative_ce",
         fe_reconstruction_weight: float = 1.0,
+        detach_fe_reconstruction: bool = False,
         re_batch_weight: float = 1.0,
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
@@ -130,6 +134,7 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
             adversary_scale=adversary_scale,
             adversary_objective=adversary_objective,
             fe_reconstruction_weight=fe_reconstruction_weight,
+            detach_fe_reconstruction=detach_fe_reconstruction,
             re_batch_weight=re_batch_weight,
             hidden_prior_sd=hidden_prior_sd,
             output_prior_sd=output_prior_sd,
