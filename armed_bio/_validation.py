@@ -76,6 +76,11 @@ def check_labels_key(adata: AnnData, labels_key: str | None) -> None:
         )
 
 
+def matrix_name(layer: str | None) -> str:
+    """How error messages name the data matrix: ``adata.X`` or ``adata.layers['...']``."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
 def get_matrix(adata: AnnData, layer: str | None):
     """Return ``adata.layers[layer]`` or ``adata.X`` after checking it exists."""
     if layer is None:

@@ -148,8 +148,7 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         self.init_params_ = self._get_init_params(locals())
 
     def _data_description(self) -> str:
-        layer = self.registry_["setup_args"].get("layer")
-        return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        return check.matrix_name(self.registry_["setup_args"].get("layer"))
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -183,8 +182,7 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         loading = "source_registry" in kwargs
         check.check_batch_key(adata, batch_key, min_batches=1 if loading else 2)
         check.check_labels_key(adata, labels_key)
-        where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check.check_matrix(check.get_matrix(adata, layer), where)
+        check.check_matrix(check.get_matrix(adata, layer), check.matrix_name(layer))
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),

@@ -417,7 +417,7 @@ class ArmedVAEModule(BaseModuleClass):
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Draw counts (or Gaussian-free means) from the mixed-effects output."""
+        """Draw counts from the mixed-effects output (the predicted values for ``"gaussian"``)."""
         _, gen = self.forward(tensors, compute_loss=False)
         px = gen["px"]
         if self.likelihood == "gaussian":

@@ -7,7 +7,7 @@ from typing import Any
 
 from anndata import AnnData
 
-from .._validation import check_anndata, check_likelihood, get_matrix
+from .._validation import check_anndata, check_likelihood, get_matrix, matrix_name
 from ..model import ArmedRNA
 
 _MODEL_ARGS = set(inspect.signature(ArmedRNA.__init__).parameters) - {"self", "adata"}
@@ -49,8 +49,8 @@ def armed(
     model_kwargs = {k: v for k, v in kwargs.items() if k in _MODEL_ARGS}
     train_kwargs = {k: v for k, v in kwargs.items() if k not in _MODEL_ARGS}
     # Check the likelihood before setup_anndata registers anything in `adata`.
-    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    check_likelihood(get_matrix(adata, layer), model_kwargs.get("likelihood", "nb"), where)
+    likelihood = model_kwargs.get("likelihood", "nb")
+    check_likelihood(get_matrix(adata, layer), likelihood, matrix_name(layer))
     ArmedRNA.setup_anndata(adata, layer=layer, batch_key=batch_key, labels_key=labels_key)
     model = ArmedRNA(adata, seed=seed, **model_kwargs)
     model.train(seed=seed, **train_kwargs)
