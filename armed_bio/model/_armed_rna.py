@@ -117,7 +117,8 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         super().__init__(adata)
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        check.check_likelihood(matrix, likelihood, self._data_description())
+        layer = self.registry_["setup_args"].get("layer")
+        check.check_likelihood(matrix, likelihood, check.matrix_name(layer))
         scvi.settings.seed = seed
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
@@ -146,9 +147,6 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         )
         self.train_params_: dict[str, Any] = {}
         self.init_params_ = self._get_init_params(locals())
-
-    def _data_description(self) -> str:
-        return check.matrix_name(self.registry_["setup_args"].get("layer"))
 
     # ------------------------------------------------------------------ setup
     @classmethod
