@@ -18,6 +18,8 @@ import armed_bio as ab  # noqa: E402
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", module="lightning")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+# Let pytest's caplog see armed_bio's log lines (the package handler does not propagate).
+logging.getLogger("armed_bio").propagate = True
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scvi
 import torch
 from anndata import AnnData
@@ -18,10 +18,13 @@ from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from .. import _validation as check
-from .._constants import FE_OBSM_KEY, MODES, RE_OBSM_KEY, UNS_KEY, LatentKind, Likelihood, Mode
+from .._constants import FE_OBSM_KEY, MODES, RE_OBSM_KEY, UNS_KEY, Likelihood, Mode
 from ..module import ArmedVAEModule
 from ..train import ArmedTrainingPlan
 from . import _save_load
+from ._adapt import adapt_model
+from ._inference import ArmedInferenceMixin
+from ._random_effects_table import gene_batch_variance, random_effects_table
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def default_max_epochs(n_obs: int, batch_size: int, train_size: float = 0.9) -> 
     return int(min(MAX_DEFAULT_EPOCHS, max(1, math.ceil(DEFAULT_TARGET_STEPS / steps_per_epoch))))
 
 
-class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
+class ArmedRNA(ArmedInferenceMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """ARMED mixed-effects autoencoder for single-cell RNA-seq counts.
 
     One joint model: a fixed-effects (FE) encoder made batch-invariant by an adversary, a
@@ -77,6 +80,8 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         Weight of the cooperative batch head on ``z_RE``.
     hidden_prior_sd, output_prior_sd
         Prior s.d. of the hidden FiLM and per-gene output random effects.
+    classification_weight
+        Weight of the label heads' cross-entropy (only with ``labels_key``).
     seed
         Seed for weight initialisation.
 
@@ -86,6 +91,8 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
     >>> model = armed_bio.model.ArmedRNA(adata)
     >>> model.train()
     >>> model.write_to_adata()  # .obsm["X_armed_fe"], .obsm["X_armed_re"], .uns["armed"]
+    >>> model.get_counterfactual_expression(batch="batch_2")  # every cell as if in batch_2
+    >>> query_model = model.adapt(query)  # random effects for the query's new batches
     """
 
     _module_cls = ArmedVAEModule
@@ -110,6 +117,7 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         re_batch_weight: float = 1.0,
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
+        classification_weight: float = 1.0,
         seed: int = 0,
     ):
         check.check_anndata(adata)
@@ -120,6 +128,7 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         layer = self.registry_["setup_args"].get("layer")
         check.check_likelihood(matrix, likelihood, check.matrix_name(layer))
         scvi.settings.seed = seed
+        has_labels = self.registry_["setup_args"].get("labels_key") is not None
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars,
             n_batch=self.summary_stats.n_batch,
@@ -139,11 +148,17 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
             re_batch_weight=re_batch_weight,
             hidden_prior_sd=hidden_prior_sd,
             output_prior_sd=output_prior_sd,
+            n_labels=self.summary_stats.n_labels if has_labels else 0,
+            classification_weight=classification_weight,
         )
+        batch_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        # Batches with random effects, in code order; adapt() appends new ones.
+        self.batch_categories_: list = list(batch_state.categorical_mapping)
         self._model_summary_string = (
             f"ArmedRNA (mode={mode}, likelihood={likelihood}): {self.summary_stats.n_vars} genes, "
             f"{self.summary_stats.n_batch} batches, FE latent {n_latent_fe}"
             + (f", RE latent {n_latent_re}" if self.module.has_random_encoder else "")
+            + (f", {self.module.n_labels} labels" if has_labels else "")
         )
         self.train_params_: dict[str, Any] = {}
         self.init_params_ = self._get_init_params(locals())
@@ -170,7 +185,8 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
             ``adata.obs`` column with the grouping modelled as a random effect (batch, donor,
             plate). Required, at least two levels.
         labels_key
-            Optional ``adata.obs`` column with cell labels (kept in the registry).
+            Optional ``adata.obs`` column with cell labels: adds an FE label head and a
+            mixed-effects label head (see :meth:`predict`).
 
         All checks run before anything is written, so on error ``adata`` is unchanged.
         """
@@ -233,6 +249,11 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         **trainer_kwargs
             Passed to scvi's ``Trainer`` / Lightning.
         """
+        if self.module.n_batch != self.module.n_batch_reference:
+            raise RuntimeError(
+                "This model was adapted to new batches with adapt(); it is for inference on the "
+                "query. Train the reference model instead, then adapt it again."
+            )
         if max_epochs is None:
             max_epochs = default_max_epochs(self.adata.n_obs, batch_size, train_size or 0.9)
         if not isinstance(max_epochs, int) or max_epochs < 1:
@@ -261,6 +282,17 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         self.train_params_["epochs_trained"] = len(self.history_["train_loss"]) if (
             self.history_ and "train_loss" in self.history_
         ) else max_epochs
+        if self.module.has_random_effects:
+            held_out = self.validation_indices
+            if held_out is not None and len(held_out):
+                self.train_params_["z_temperature"] = self.calibrate_batch_predictor(
+                    indices=np.sort(held_out)
+                )
+            else:
+                logger.warning(
+                    "No held-out cells (train_size=1.0), so the Z-predictor is uncalibrated "
+                    "(temperature 1). Call model.calibrate_batch_predictor(adata_held_out)."
+                )
 
     # ------------------------------------------------------------------ outputs
     def _check_kind(self, kind: str) -> None:
@@ -271,42 +303,6 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
                 f"mode={self.module.mode!r} has no random-effects encoder, so there is no RE "
                 "latent. Use kind='fe', or train with mode='mixed' or 'random'."
             )
-
-    @torch.inference_mode()
-    def get_latent_representation(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        kind: LatentKind = "fe",
-        batch_size: int | None = None,
-    ) -> np.ndarray:
-        """Return the batch-invariant (``kind="fe"``) or batch-specific (``"re"``) latent.
-
-        Parameters
-        ----------
-        adata
-            AnnData with the same genes as the training data; default: the training AnnData.
-        indices
-            Cells to embed; default all.
-        kind
-            ``"fe"``: fixed effects, ``z_FE``; ``"re"``: random effects, ``z_RE``.
-        batch_size
-            Minibatch size for inference.
-
-        Returns
-        -------
-        Array of shape ``(n_cells, n_latent)``.
-        """
-        self._check_if_trained(warn=False)
-        self._check_kind(kind)
-        adata = self._validate_anndata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        key = "z" if kind == "fe" else "z_re"
-        parts = []
-        for tensors in loader:
-            inputs = self.module._get_inference_input(tensors)
-            parts.append(self.module.inference(**inputs)[key].cpu())
-        return torch.cat(parts).numpy()
 
     def write_to_adata(
         self,
@@ -326,6 +322,74 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
             obsm_keys["re"] = re_key
         adata.uns[UNS_KEY] = self.run_record(obsm_keys)
         return adata
+
+    # ------------------------------------------------------------------ new batches
+    def adapt(
+        self,
+        query: AnnData,
+        max_epochs: int | None = None,
+        batch_size: int = 128,
+        lr: float = 1e-2,
+        seed: int = 0,
+        progress_bar: bool = True,
+    ) -> ArmedRNA:
+        """Fit random effects for the query's new batches, with every shared weight frozen.
+
+        Returns a copy of the model that knows the new batches (the reference model is left
+        as is). Each new batch's random effects start at the mixture of seen batches that the
+        Z-predictor assigns to its cells, then the decoder's and the RE encoder's rows for the
+        new batches are fitted to the query cells of those batches. The label head's rows keep
+        the soft-``Z`` start (the query has no labels to fit them). Works the same on every
+        scvi-tools version (it does not use ``load_query_data``).
+
+        Parameters
+        ----------
+        query
+            AnnData with the training genes in the training order, raw data in the same layer
+            as in training, and the batch column; cells of seen batches are allowed and left
+            out of the fit.
+        max_epochs
+            Passes over the new batches' cells; default: about 400 optimizer steps, at most
+            100 epochs.
+        batch_size
+            Minibatch size.
+        lr
+            Adam learning rate of the new random-effect rows.
+        seed
+            Seed for shuffling and posterior sampling.
+        progress_bar
+            Show a progress bar.
+
+        Returns
+        -------
+        The adapted model; use it with ``query`` for latents, counterfactuals and predictions.
+        """
+        return adapt_model(self, query, max_epochs, batch_size, lr, seed, progress_bar)
+
+    # ------------------------------------------------------------------ random effects
+    def get_random_effects(self) -> pd.DataFrame:
+        """Posterior mean and s.d. of every random effect, one row per batch x layer x unit.
+
+        Layers are named by their place in the module (``decoder.output_offset``,
+        ``decoder.films.0.gamma``, ``re_encoder.films.0.beta``, ``label_head.intercept``, ...);
+        units are genes for the decoder's output scale/offset, labels for the label head's
+        intercept and hidden-unit numbers otherwise.
+        """
+        self._require_random_effects("get_random_effects")
+        labels = self._label_categories() if self.module.n_labels else []
+        return random_effects_table(
+            self.module, self.batch_categories_, list(self.adata.var_names), labels
+        )
+
+    def get_gene_batch_variance(self) -> pd.DataFrame:
+        """Genes ranked by how much batches shift them.
+
+        Per gene: variance across batches of the posterior mean of the output random offset
+        (a per-batch log fold change) and scale, and the batches with the largest and
+        smallest offset. Sorted by ``offset_variance``, most batch-affected first.
+        """
+        self._require_random_effects("get_gene_batch_variance")
+        return gene_batch_variance(self.module, self.batch_categories_, list(self.adata.var_names))
 
     def run_record(self, obsm_keys: dict[str, str] | None = None) -> dict[str, Any]:
         """A JSON/h5ad-friendly record of the model set-up, parameters and training."""
@@ -412,6 +476,9 @@ class ArmedRNA(UnsupervisedTrainingMixin, BaseModelClass):
         model = cls(adata, **init["non_kwargs"], **kwargs)
         for name, value in attrs.items():
             setattr(model, name, value)
+        n_adapted = len(model.batch_categories_) - model.module.n_batch
+        if n_adapted > 0:  # an adapted model: make room for its extra batches' rows
+            model.module.add_clusters(torch.zeros(n_adapted, model.module.n_batch))
         model.module.load_state_dict(state)
         model.module.eval()
         return model

@@ -11,7 +11,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._constants import COUNT_LIKELIHOODS, LIKELIHOODS, MODES, NORMALISATION_TARGET
-from ..nn import Classifier, FixedEffectsEncoder, MixedEffectsDecoder, RandomEffectsEncoder
+from ..nn import (
+    Classifier,
+    FixedEffectsEncoder,
+    MixedEffectsClassifier,
+    MixedEffectsDecoder,
+    RandomEffect,
+    RandomEffectsEncoder,
+)
 from ..nn._likelihoods import log_factorial, nb_count_terms, nb_mean_terms, poisson_mean_terms
 
 # Deterministic latents still report a variance so scvi's helpers that build Normal(qzm, qzv)
@@ -64,6 +71,11 @@ class ArmedVAEModule(BaseModuleClass):
         reconstruction of the batch effect.
     hidden_prior_sd, output_prior_sd
         Prior standard deviations of the hidden FiLM and per-gene output random effects.
+    n_labels
+        Number of cell labels; ``> 0`` adds an FE label head on ``z_FE`` and a mixed-effects
+        label head (random slopes and intercept per batch).
+    classification_weight
+        Weight of the label heads' cross-entropy.
     """
 
     def __init__(
@@ -86,6 +98,8 @@ class ArmedVAEModule(BaseModuleClass):
         re_batch_weight: float = 1.0,
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
+        n_labels: int = 0,
+        classification_weight: float = 1.0,
     ):
         super().__init__()
         if mode not in MODES:
@@ -105,6 +119,11 @@ class ArmedVAEModule(BaseModuleClass):
             )
         self.n_input = n_input
         self.n_batch = n_batch
+        # Batches seen in training: the size of the adversary, the batch heads and the
+        # Z-predictor. n_batch (random-effect rows) grows when new batches are adapted.
+        self.n_batch_reference = n_batch
+        self.n_labels = n_labels
+        self.classification_weight = classification_weight
         self.mode = mode
         self.likelihood = likelihood
         self.n_latent = n_latent_fe
@@ -141,6 +160,18 @@ class ArmedVAEModule(BaseModuleClass):
             self.re_batch_head = nn.Linear(n_latent_re, n_batch)
             # z_RE reconstructs the batch effect the decoder applies to this cell.
             self.re_effect_decoder = nn.Linear(n_latent_re, n_input)
+        if self.has_random_effects:
+            # Z-predictor: batch probabilities from the (normalised) input, for cells of
+            # batches never seen in training. Its temperature is fitted on held-out cells.
+            self.z_predictor = Classifier(n_input, n_batch, n_hidden=32)
+            self.register_buffer("z_temperature", torch.tensor(1.0))
+        if n_labels > 0:
+            self.label_head = MixedEffectsClassifier(
+                n_latent_fe,
+                n_labels,
+                n_clusters=n_batch if self.has_random_effects else 0,
+                prior_sd=hidden_prior_sd,
+            )
         # Running mean of the per-cell reconstruction loss, for adversary_weight="auto".
         self.register_buffer("reconstruction_scale", torch.tensor(float("nan")))
 
@@ -177,6 +208,31 @@ class ArmedVAEModule(BaseModuleClass):
         code = torch.full_like(batch_index, int(transform_batch))
         return self.design_matrix(code)
 
+    def _normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder input (log-normalised counts) and library size."""
+        if self.likelihood in COUNT_LIKELIHOODS:
+            library = x.sum(-1, keepdim=True)
+            return torch.log1p(x / library.clamp(min=1.0) * NORMALISATION_TARGET), library
+        return x, torch.ones_like(x[..., :1])
+
+    @torch.no_grad()
+    def batch_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities ``(cells, n_batch_reference)`` of each seen batch."""
+        logits = self.z_predictor(self._normalise(x)[0])
+        return torch.softmax(logits / self.z_temperature, dim=-1)
+
+    @torch.no_grad()
+    def add_clusters(self, init_design: torch.Tensor) -> None:
+        """Give ``n_new`` new batches random effects; row ``i`` starts at ``init_design[i] @ U``.
+
+        ``init_design`` has shape ``(n_new, n_batch)`` (e.g. the mean soft ``Z`` of the new
+        batch's cells), so a new batch starts as the mixture of the seen batches it resembles.
+        """
+        for module in self.modules():
+            if isinstance(module, RandomEffect):
+                module.add_clusters(init_design.to(module.loc) @ module.loc)
+        self.n_batch += init_design.shape[0]
+
     # ------------------------------------------------------------------ inference
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
         return {"x": tensors["X"], "batch_index": tensors["batch"]}
@@ -194,12 +250,7 @@ class ArmedVAEModule(BaseModuleClass):
         ``design`` overrides the one-hot batch membership used by the RE encoder (soft or
         zero ``Z`` for unseen clusters).
         """
-        if self.likelihood in COUNT_LIKELIHOODS:
-            library = x.sum(-1, keepdim=True)
-            x_in = torch.log1p(x / library.clamp(min=1.0) * NORMALISATION_TARGET)
-        else:
-            library = torch.ones_like(x[..., :1])
-            x_in = x
+        x_in, library = self._normalise(x)
         z, hidden = self.encoder(x_in)
         if design is None:
             design = self.design_matrix(batch_index)
@@ -208,6 +259,7 @@ class ArmedVAEModule(BaseModuleClass):
             "qzm": z,
             "qzv": torch.full_like(z, _DETERMINISTIC_VAR),
             "hidden": hidden,
+            "x_in": x_in,
             "library": library,
             "design": design,
         }
@@ -324,6 +376,8 @@ class ArmedVAEModule(BaseModuleClass):
         kl = self.decoder.kl_divergence()
         if self.has_random_encoder:
             kl = kl + self.re_encoder.kl_divergence()
+        if self.n_labels > 0:
+            kl = kl + self.label_head.kl_divergence()
         return kl
 
     def current_adversary_weight(self) -> float:
@@ -392,11 +446,7 @@ class ArmedVAEModule(BaseModuleClass):
 
         if self.has_random_encoder:
             z_re = inference_outputs["z_re"]
-            effect = (
-                self._log_scale(generative_outputs["eta"])
-                - self._log_scale(generative_outputs["eta_fe"])
-            ).detach()
-            effect_mse = ((self.re_effect_decoder(z_re) - effect) ** 2).mean(-1)
+            effect_mse = self._effect_mse(z_re, generative_outputs)
             head_logits = self.re_batch_head(z_re)
             head_ce = F.cross_entropy(head_logits, target)
             loss = loss + effect_mse.mean() + self.re_batch_weight * head_ce
@@ -404,6 +454,25 @@ class ArmedVAEModule(BaseModuleClass):
             metrics["re_batch_accuracy"] = (
                 (head_logits.argmax(-1) == target).float().mean().detach()
             )
+
+        if self.has_random_effects:
+            z_logits = self.z_predictor(inference_outputs["x_in"])
+            loss = loss + F.cross_entropy(z_logits, target)
+            metrics["z_predictor_accuracy"] = (
+                (z_logits.argmax(-1) == target).float().mean().detach()
+            )
+
+        if self.n_labels > 0:
+            labels = tensors["labels"].view(-1).long()
+            fe_logits, me_logits = self.label_head(
+                inference_outputs["z"], inference_outputs["design"]
+            )
+            label_ce = F.cross_entropy(fe_logits, labels)
+            if self.has_random_effects:
+                label_ce = label_ce + F.cross_entropy(me_logits, labels)
+            loss = loss + self.classification_weight * label_ce
+            metrics["label_accuracy_fe"] = (fe_logits.argmax(-1) == labels).float().mean().detach()
+            metrics["label_accuracy_me"] = (me_logits.argmax(-1) == labels).float().mean().detach()
 
         kl = self.random_effects_kl()
         loss = loss + kl_weight * kl / max(n_obs, 1)
@@ -414,6 +483,37 @@ class ArmedVAEModule(BaseModuleClass):
             kl_global=kl,
             extra_metrics=metrics,
         )
+
+    def _effect_mse(self, z_re: torch.Tensor, generative_outputs: dict) -> torch.Tensor:
+        """Per-cell error of ``z_RE`` reconstructing the decoder's batch effect on this cell."""
+        effect = (
+            self._log_scale(generative_outputs["eta"])
+            - self._log_scale(generative_outputs["eta_fe"])
+        ).detach()
+        return ((self.re_effect_decoder(z_re) - effect) ** 2).mean(-1)
+
+    def adaptation_loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        n_obs: int,
+    ) -> torch.Tensor:
+        """Objective for fitting new batches' random effects with everything else frozen.
+
+        Mixed-effects reconstruction (trains the decoder's new rows), the RE encoder's
+        batch-effect reconstruction (its new FiLM rows) and the KL divided by the number of
+        query cells. Heads that predict the batch are skipped: they only know seen batches.
+        """
+        shared = self._count_terms(tensors["X"])
+        rec = self._reconstruction(
+            tensors["X"], generative_outputs["eta"], inference_outputs["library"],
+            generative_outputs["px"], shared,
+        )
+        loss = rec.mean()
+        if self.has_random_encoder:
+            loss = loss + self._effect_mse(inference_outputs["z_re"], generative_outputs).mean()
+        return loss + self.random_effects_kl() / max(n_obs, 1)
 
     @torch.inference_mode()
     def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:

@@ -174,3 +174,45 @@ class Classifier(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h)
+
+
+class MixedEffectsClassifier(nn.Module):
+    """Label head with a fixed-effects logit and a mixed-effects logit (ARMED's ME classifier).
+
+    ``h = relu(W1 z_FE)``; FE logit ``W2 h + b``; ME logit
+    ``W2 (h * (1 + u_1(Z))) + b + u_0(Z)``: random slopes on the features before the output
+    layer and a random intercept on the logit. ``Z = 0`` makes the two logits equal. With
+    ``n_clusters = 0`` there is only the FE logit.
+    """
+
+    def __init__(
+        self,
+        n_latent: int,
+        n_labels: int,
+        n_clusters: int,
+        n_hidden: int = 64,
+        prior_sd: float = 0.25,
+    ):
+        super().__init__()
+        self.hidden = nn.Linear(n_latent, n_hidden)
+        self.out = nn.Linear(n_hidden, n_labels)
+        self.has_random_effects = n_clusters > 0
+        if self.has_random_effects:
+            self.slopes = RandomEffect(n_clusters, n_hidden, prior_sd)
+            self.intercept = RandomEffect(n_clusters, n_labels, prior_sd)
+
+    def forward(
+        self, z: torch.Tensor, design: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(fe_logits, me_logits)``; ``me_logits`` equals ``fe_logits`` without RE."""
+        h = torch.relu(self.hidden(z))
+        fe = self.out(h)
+        if not self.has_random_effects or design is None:
+            return fe, fe
+        me = self.out(h * (1.0 + self.slopes(design))) + self.intercept(design)
+        return fe, me
+
+    def kl_divergence(self) -> torch.Tensor:
+        if not self.has_random_effects:
+            return torch.zeros((), device=self.out.weight.device)
+        return self.slopes.kl_divergence() + self.intercept.kl_divergence()

@@ -63,6 +63,19 @@ class RandomEffect(nn.Module):
         """Return ``Z @ U`` for a design matrix ``z`` of shape ``(batch, n_clusters)``."""
         return z @ self.sample()
 
+    @torch.no_grad()
+    def add_clusters(self, init_loc: torch.Tensor) -> None:
+        """Append clusters whose posterior means start at ``init_loc`` (``(n_new, n_features)``).
+
+        Their posterior s.d. starts at the usual small value. Used to give new batches their
+        own random effects (:meth:`armed_bio.model.ArmedRNA.adapt`).
+        """
+        init_loc = init_loc.to(self.loc)
+        raw = torch.full_like(init_loc, _inverse_softplus(_INIT_SD_FRACTION * self.prior_sd))
+        self.loc = nn.Parameter(torch.cat([self.loc.detach(), init_loc]))
+        self.raw_scale = nn.Parameter(torch.cat([self.raw_scale.detach(), raw]))
+        self.n_clusters = self.loc.shape[0]
+
     def kl_divergence(self) -> torch.Tensor:
         """Analytic ``KL(q(U) || p(U))`` summed over clusters and features (a scalar)."""
         scale = self.scale
