@@ -18,6 +18,6 @@ if not _logger.handlers:
     _logger.setLevel(logging.INFO)
     _logger.propagate = False
 
-from . import datasets, metrics, model, nn, pl, tl  # noqa: E402
+from . import datasets, metrics, model, nn, pl, pp, tl  # noqa: E402
 
-__all__ = ["datasets", "metrics", "model", "nn", "pl", "tl", "__version__"]
+__all__ = ["datasets", "metrics", "model", "nn", "pl", "pp", "tl", "__version__"]

@@ -9,21 +9,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-import scanpy as sc  # noqa: E402
 
-from . import datasets, metrics, pl, tl  # noqa: E402
+from . import datasets, metrics, pl, pp, tl  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-
-def uncorrected_pca(adata, n_comps: int = 30, seed: int = 0) -> None:
-    """Library-normalise, log1p and PCA the counts into ``adata.obsm["X_pca"]``."""
-    tmp = adata.copy()
-    sc.pp.normalize_total(tmp, target_sum=1e4)
-    sc.pp.log1p(tmp)
-    sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
-    adata.obsm["X_pca"] = tmp.obsm["X_pca"]
+FIGURES = ("umap", "training", "random_effects", "counterfactuals", "gene_layout", "scores")
 
 
 def run_demo(
@@ -34,8 +27,10 @@ def run_demo(
     """Train ARMED on the bundled CellBench data and write results to ``out_dir``.
 
     Writes ``cellbench_armed.h5ad`` (``X_pca``, ``X_armed_fe``, ``X_armed_re`` and their UMAPs,
-    ``uns["armed"]``), ``umap.png`` (uncorrected / FE / RE by batch and cell type) and
-    ``scores.csv`` (silhouette etc. of each embedding against batch and cell type).
+    ``uns["armed"]``), ``scores.csv`` (silhouette etc. of each embedding against batch and
+    cell type), ``most_batch_affected_genes.csv`` and the figures ``umap.png`` (uncorrected /
+    FE / RE by batch and cell type), ``training.png``, ``random_effects.png``,
+    ``counterfactuals.png``, ``gene_layout.png`` and ``scores.png``.
     Returns the scores table.
     """
     out = Path(out_dir)
@@ -43,14 +38,29 @@ def run_demo(
     adata = datasets.cellbench_lung5()
     print(f"data: CellBench lung5, {adata.n_obs} cells x {adata.n_vars} genes, "
           f"{adata.obs['batch'].nunique()} batches, {adata.obs['cell_type'].nunique()} cell lines")
-    uncorrected_pca(adata, seed=seed)
+    pp.log_pca(adata, seed=seed)
     train_kwargs = {} if max_epochs is None else {"max_epochs": max_epochs}
     model = tl.armed(adata, batch_key="batch", seed=seed, **train_kwargs)
     print(f"trained {model.train_params_['epochs_trained']} epochs")
     scores = metrics.cluster_scores(
         adata, ["X_pca", "X_armed_fe", "X_armed_re"], batch_key="batch", label_key="cell_type"
     )
-    pl.embeddings(adata, color=["batch", "cell_type"], seed=seed, save=out / "umap.png")
+    # The same cell line (H1975, in every batch) seen in two batches.
+    h1975 = adata.obs[adata.obs["cell_type"] == "H1975"]
+    cells = list(h1975.groupby("batch", observed=True).head(1).index[[0, -1]])
+    figures = {
+        "umap": pl.embeddings(adata, color=["batch", "cell_type"], seed=seed),
+        "training": pl.training(model),
+        "random_effects": pl.random_effects(model),
+        "counterfactuals": pl.counterfactuals(model, adata, cells=cells),
+        "gene_layout": pl.gene_layout(model, adata, cells=cells, relative=True, seed=seed),
+        "scores": pl.metrics(scores),
+    }
+    for name, fig in figures.items():
+        fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    genes = model.get_gene_batch_variance()
+    genes.head(50).to_csv(out / "most_batch_affected_genes.csv")
     scores.to_csv(out / "scores.csv")
     adata.write_h5ad(out / "cellbench_armed.h5ad")
     table = scores[["silhouette_batch", "silhouette_label"]].rename(
@@ -58,5 +68,7 @@ def run_demo(
                  "silhouette_label": "cell-type silhouette (high = kept)"}
     )
     print("\n" + table.round(3).to_string())
-    print(f"\nwrote {out / 'cellbench_armed.h5ad'}, {out / 'umap.png'}, {out / 'scores.csv'}")
+    print(f"\nmost batch-affected genes: {', '.join(genes.index[:8])}")
+    print(f"\nwrote {out / 'cellbench_armed.h5ad'}, scores.csv, most_batch_affected_genes.csv "
+          f"and figures {', '.join(f + '.png' for f in FIGURES)} in {out}")
     return scores

@@ -98,19 +98,44 @@ def get_matrix(adata: AnnData, layer: str | None):
     return adata.layers[layer]
 
 
-def _values(matrix) -> np.ndarray:
-    """The stored values of a dense or sparse matrix (zeros of sparse matrices excluded)."""
+# Values scanned per step: checks of a large matrix hold a few blocks, never a full copy.
+SCAN_BLOCK = 1 << 22
+
+
+def _value_blocks(matrix):
+    """The stored values of a dense or sparse matrix, as 1-D blocks of ~SCAN_BLOCK values.
+
+    Zeros of sparse matrices are not stored and so not scanned.
+    """
     if sparse.issparse(matrix):
-        return np.asarray(matrix.data)
-    return np.asarray(matrix)
+        data = np.asarray(matrix.data)
+        for start in range(0, data.size, SCAN_BLOCK):
+            yield data[start : start + SCAN_BLOCK]
+        return
+    dense = np.asarray(matrix)
+    if dense.ndim < 2:
+        yield dense.ravel()
+        return
+    rows = max(1, SCAN_BLOCK // max(dense.shape[1], 1))
+    for start in range(0, dense.shape[0], rows):
+        yield dense[start : start + rows].ravel()
+
+
+def _dtype(matrix) -> np.dtype:
+    return np.asarray(matrix.data).dtype if sparse.issparse(matrix) else np.asarray(matrix).dtype
+
+
+def count_nonfinite(matrix) -> int:
+    """Number of NaN or infinite values, scanned block by block."""
+    return sum(int(b.size - np.count_nonzero(np.isfinite(b))) for b in _value_blocks(matrix))
 
 
 def check_matrix(matrix, where: str) -> None:
     """Reject NaN/inf, all-zero cells and all-zero genes."""
-    values = _values(matrix)
-    if not np.issubdtype(values.dtype, np.number):
-        raise TypeError(f"{where} has dtype {values.dtype}; expected numbers.")
-    n_bad = int(values.size - np.isfinite(values).sum())
+    dtype = _dtype(matrix)
+    if not np.issubdtype(dtype, np.number):
+        raise TypeError(f"{where} has dtype {dtype}; expected numbers.")
+    n_bad = count_nonfinite(matrix)
     if n_bad:
         raise ValueError(
             f"{where} contains {n_bad} NaN or infinite values. Remove or impute them before "
@@ -139,19 +164,43 @@ def check_likelihood(matrix, likelihood: str, where: str) -> None:
         raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
     if likelihood not in COUNT_LIKELIHOODS:
         return
-    values = _values(matrix)
-    values = values[np.isfinite(values)]  # NaN/inf are reported by check_matrix
-    n_negative = int((values < 0).sum())
+    n_negative = n_fractional = 0
+    for block in _value_blocks(matrix):
+        block = block[np.isfinite(block)]  # NaN/inf are reported by check_matrix
+        n_negative += int(np.count_nonzero(block < 0))
+        n_fractional += int(np.count_nonzero(block != np.round(block)))
     if n_negative:
         raise ValueError(
             f"{where} has {n_negative} negative values, but likelihood={likelihood!r} models "
             "counts. Point `layer=` at the raw counts, or use likelihood='gaussian' for "
             "log-normalised/scaled data."
         )
-    n_fractional = int((values != np.round(values)).sum())
     if n_fractional:
         raise ValueError(
             f"{where} has {n_fractional} non-integer values, but likelihood={likelihood!r} "
             "models raw counts. Point `layer=` at the raw counts (e.g. layer='counts'), or use "
             "likelihood='gaussian' for log-normalised data."
         )
+
+
+def check_obsm_keys(adata: AnnData, obsm_keys, what: str = "obsm keys") -> list[str]:
+    """Return ``obsm_keys`` as a list after checking each is in ``adata.obsm``."""
+    keys = [obsm_keys] if isinstance(obsm_keys, str) else list(obsm_keys)
+    if not keys:
+        raise ValueError(f"No {what} given; pass e.g. ['X_pca', 'X_armed_fe'].")
+    missing = [k for k in keys if k not in adata.obsm]
+    if missing:
+        raise KeyError(
+            f"{what} {missing} not in adata.obsm (available: {list(adata.obsm)}). Compute them "
+            "first, e.g. `model.write_to_adata()` or `armed_bio.pp.log_pca(adata)`."
+        )
+    return keys
+
+
+def check_obs_keys(adata: AnnData, obs_keys, what: str = "obs keys") -> list[str]:
+    """Return ``obs_keys`` as a list after checking each is a column of ``adata.obs``."""
+    keys = [obs_keys] if isinstance(obs_keys, str) else list(obs_keys)
+    missing = [k for k in keys if k not in adata.obs.columns]
+    if missing:
+        raise KeyError(f"{what} {missing} not in adata.obs (available: {list(adata.obs)}).")
+    return keys

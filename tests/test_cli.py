@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import armed_bio as ab
+from armed_bio._demo import FIGURES as DEMO_FIGURES
 
 CLI = [sys.executable, "-m", "armed_bio.cli"]
 
@@ -26,8 +27,10 @@ def test_demo_end_to_end_on_bundled_real_data(tmp_path):
     proc = run(["demo", "--out", str(out), "--threads", "1"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batch silhouette" in proc.stdout
-    for name in ("cellbench_armed.h5ad", "umap.png", "scores.csv"):
+    for name in ("cellbench_armed.h5ad", "scores.csv", "most_batch_affected_genes.csv"):
         assert (out / name).stat().st_size > 0
+    for name in DEMO_FIGURES:
+        assert (out / f"{name}.png").stat().st_size > 10_000, name
     adata = ad.read_h5ad(out / "cellbench_armed.h5ad")
     for key in ("X_pca", "X_armed_fe", "X_armed_re", "X_armed_fe_umap"):
         assert key in adata.obsm

@@ -1,5 +1,6 @@
 """Metrics of batch mixing and biological conservation."""
 
 from ._cluster import cluster_scores
+from ._scib import scib
 
-__all__ = ["cluster_scores"]
+__all__ = ["cluster_scores", "scib"]

@@ -9,16 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
-from .._validation import check_anndata
-
-
-def _check_keys(adata: AnnData, obsm_keys: Sequence[str], obs_keys: Sequence[str]) -> None:
-    missing = [k for k in obsm_keys if k not in adata.obsm]
-    if missing:
-        raise KeyError(f"obsm keys {missing} not in adata.obsm (available: {list(adata.obsm)}).")
-    missing = [k for k in obs_keys if k not in adata.obs.columns]
-    if missing:
-        raise KeyError(f"obs keys {missing} not in adata.obs (available: {list(adata.obs)}).")
+from .._validation import check_anndata, check_obs_keys, check_obsm_keys
 
 
 def cluster_scores(
@@ -53,7 +44,8 @@ def cluster_scores(
     """
     check_anndata(adata)
     keys = {"batch": batch_key} if label_key is None else {"batch": batch_key, "label": label_key}
-    _check_keys(adata, obsm_keys, list(keys.values()))
+    obsm_keys = check_obsm_keys(adata, obsm_keys)
+    check_obs_keys(adata, list(keys.values()))
     idx = np.arange(adata.n_obs)
     if n_sample is not None and n_sample < adata.n_obs:
         idx = np.sort(np.random.default_rng(seed).choice(adata.n_obs, n_sample, replace=False))

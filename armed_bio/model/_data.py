@@ -95,8 +95,7 @@ def check_query_matrix(adata: AnnData, layer: str | None, likelihood: str):
     """The data matrix of a query, after the checks inference needs (finite, count-like)."""
     matrix = check.get_matrix(adata, layer)
     where = check.matrix_name(layer)
-    values = matrix.data if sparse.issparse(matrix) else np.asarray(matrix)
-    n_bad = int(values.size - np.isfinite(values).sum())
+    n_bad = check.count_nonfinite(matrix)
     if n_bad:
         raise ValueError(
             f"{where} contains {n_bad} NaN or infinite values. Remove or impute them first."

@@ -1,5 +1,10 @@
-"""Plots of batch effects (matplotlib; each returns its Figure)."""
+"""Plots of batch effects (matplotlib; each returns its Figure, scanpy-style show/save)."""
 
+from ._counterfactuals import counterfactuals, gene_layout
 from ._embeddings import embeddings
+from ._metrics import metrics
+from ._random_effects import random_effects
+from ._training import training
 
-__all__ = ["embeddings"]
+__all__ = ["counterfactuals", "embeddings", "gene_layout", "metrics", "random_effects",
+           "training"]

@@ -11,7 +11,8 @@ import scanpy as sc
 from anndata import AnnData
 from matplotlib.figure import Figure
 
-from .._validation import check_anndata
+from .._validation import check_anndata, check_obs_keys, check_obsm_keys
+from ._utils import category_colors, finish
 
 _TITLES = {"X_pca": "uncorrected (PCA)", "X_armed_fe": "ARMED fixed effects",
            "X_armed_re": "ARMED random effects"}
@@ -57,12 +58,8 @@ def embeddings(
     """
     check_anndata(adata)
     color = [color] if isinstance(color, str) else list(color)
-    missing = [k for k in obsm_keys if k not in adata.obsm]
-    if missing:
-        raise KeyError(f"obsm keys {missing} not in adata.obsm (available: {list(adata.obsm)}).")
-    missing = [c for c in color if c not in adata.obs.columns]
-    if missing:
-        raise KeyError(f"color keys {missing} not in adata.obs (available: {list(adata.obs)}).")
+    obsm_keys = check_obsm_keys(adata, obsm_keys)
+    check_obs_keys(adata, color, what="color keys")
     fig, axes = plt.subplots(
         len(color), len(obsm_keys), figsize=(4.2 * len(obsm_keys), 3.8 * len(color)),
         squeeze=False,
@@ -72,10 +69,10 @@ def embeddings(
         for i, col in enumerate(color):
             ax = axes[i, j]
             cats = adata.obs[col].astype("category")
-            palette = plt.get_cmap("tab10" if len(cats.cat.categories) <= 10 else "tab20")
+            colors = category_colors(len(cats.cat.categories))
             for k, cat in enumerate(cats.cat.categories):
                 mask = (cats == cat).to_numpy()
-                ax.scatter(xy[mask, 0], xy[mask, 1], s=4, color=palette(k % palette.N),
+                ax.scatter(xy[mask, 0], xy[mask, 1], s=4, color=colors[k],
                            label=str(cat), rasterized=True)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -86,9 +83,4 @@ def embeddings(
             if j == len(obsm_keys) - 1:
                 ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
                           markerscale=2.5, frameon=False)
-    fig.tight_layout()
-    if save is not None:
-        fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show:
-        plt.show()
-    return fig
+    return finish(fig, show, save)

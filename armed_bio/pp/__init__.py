@@ -1,1 +1,5 @@
-"""Preprocessing (microscopy front end to come)."""
+"""Preprocessing: the uncorrected embedding (microscopy front end to come)."""
+
+from ._pca import log_pca
+
+__all__ = ["log_pca"]

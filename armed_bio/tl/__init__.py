@@ -1,5 +1,6 @@
 """Scanpy-style tools."""
 
 from ._armed import armed
+from ._gene_grid import gene_grid, grid_shape
 
-__all__ = ["armed"]
+__all__ = ["armed", "gene_grid", "grid_shape"]

@@ -1,0 +1,125 @@
+"""The scIB metric suite through scib-metrics (optional extra), as one tidy table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._validation import check_anndata, check_obs_keys, check_obsm_keys
+
+# scib-metrics' Benchmarker uses 15, 50 and 90 nearest neighbours.
+MIN_CELLS = 91
+AGGREGATES = ("Batch correction", "Bio conservation", "Total")
+
+
+def _benchmarker_classes():
+    try:
+        from scib_metrics.benchmark import BatchCorrection, Benchmarker, BioConservation
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "armed_bio.metrics.scib needs scib-metrics: `pip install 'armed_bio[scib]'` "
+            "(or `pip install scib-metrics`)."
+        ) from err
+    return Benchmarker, BatchCorrection, BioConservation
+
+
+def scib(
+    adata: AnnData,
+    obsm_keys: Sequence[str],
+    batch_key: str,
+    label_key: str,
+    pre_integrated_key: str = "X_pca",
+    n_sample: int | None = None,
+    seed: int = 0,
+    n_jobs: int = 1,
+    progress_bar: bool = False,
+) -> pd.DataFrame:
+    """scIB batch-correction and bio-conservation metrics of each embedding.
+
+    Runs :class:`scib_metrics.benchmark.Benchmarker` with its default metrics (batch
+    correction: BRAS (the batch silhouette of scib-metrics >= 0.5), iLISI, kBET per label,
+    graph connectivity, PCR comparison; bio conservation: isolated labels, KMeans NMI/ARI,
+    silhouette label, cLISI) on a light copy of ``adata``: the AnnData is not modified.
+    Scores are not min-max scaled; totals follow scIB: ``0.4 * batch + 0.6 * bio``.
+
+    Parameters
+    ----------
+    adata
+        AnnData holding the embeddings in ``.obsm``.
+    obsm_keys
+        Embeddings to score, e.g. ``["X_pca", "X_scVI", "X_armed_fe"]``.
+    batch_key, label_key
+        ``adata.obs`` columns of the batch and of the cell-type labels.
+    pre_integrated_key
+        ``.obsm`` key of the uncorrected embedding, the baseline of PCR comparison (see
+        :func:`armed_bio.pp.log_pca`).
+    n_sample
+        Score a seeded random subsample of this many cells (``None``: all cells).
+    seed
+        Seed of the subsample. Neighbour search and k-means use scib-metrics' fixed seeds.
+    n_jobs
+        Threads for the neighbour search.
+    progress_bar
+        Show scib-metrics' progress bars.
+
+    Returns
+    -------
+    Tidy DataFrame, one row per embedding x metric, columns ``embedding``, ``metric_type``
+    (``"Batch correction"``, ``"Bio conservation"`` or ``"Aggregate score"``), ``metric``
+    and ``value``. Pivot with ``table.pivot(index="embedding", columns="metric",
+    values="value")`` or plot with :func:`armed_bio.pl.metrics`.
+    """
+    benchmarker, batch_correction, bio_conservation = _benchmarker_classes()
+    check_anndata(adata)
+    obsm_keys = check_obsm_keys(adata, obsm_keys)
+    check_obsm_keys(adata, [pre_integrated_key], what="pre_integrated_key")
+    check_obs_keys(adata, [batch_key, label_key])
+    idx = np.arange(adata.n_obs)
+    if n_sample is not None and n_sample < adata.n_obs:
+        idx = np.sort(np.random.default_rng(seed).choice(adata.n_obs, n_sample, replace=False))
+    if len(idx) < MIN_CELLS:
+        raise ValueError(
+            f"scib needs at least {MIN_CELLS} cells (its neighbourhood metrics use 90 "
+            f"neighbours); got {len(idx)}. Use more cells (n_sample=None) or "
+            "armed_bio.metrics.cluster_scores for small data."
+        )
+    for key in (batch_key, label_key):
+        n_groups = adata.obs[key].iloc[idx].nunique()
+        if n_groups < 2:
+            raise ValueError(f"{key!r} has {n_groups} group(s) here; scib needs at least 2.")
+    obs = pd.DataFrame(
+        {key: adata.obs[key].iloc[idx].astype(str).to_numpy() for key in (batch_key, label_key)},
+        index=adata.obs_names[idx],
+    )
+    keys = list(dict.fromkeys([*obsm_keys, pre_integrated_key]))
+    light = AnnData(
+        obs=obs,
+        obsm={k: np.asarray(adata.obsm[k], dtype=np.float32)[idx] for k in keys},
+    )
+    bench = benchmarker(
+        light,
+        batch_key=batch_key,
+        label_key=label_key,
+        embedding_obsm_keys=obsm_keys,
+        bio_conservation_metrics=bio_conservation(),
+        batch_correction_metrics=batch_correction(),
+        pre_integrated_embedding_obsm_key=pre_integrated_key,
+        n_jobs=n_jobs,
+        progress_bar=progress_bar,
+    )
+    bench.benchmark()
+    wide = bench.get_results(min_max_scale=False)
+    types = wide.loc["Metric Type"]
+    wide = wide.drop(index="Metric Type")
+    tidy = (
+        wide.astype(float)
+        .rename_axis(index="embedding", columns="metric")
+        .stack()
+        .rename("value")
+        .reset_index()
+    )
+    tidy.insert(1, "metric_type", tidy["metric"].map(types).to_numpy())
+    return tidy

@@ -1,0 +1,88 @@
+"""A compact embeddings x metrics comparison figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ._utils import finish
+
+TIDY_COLUMNS = {"embedding", "metric", "value"}
+
+
+def _wide(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None]:
+    """Embeddings x metrics, and each metric's type when the table is scib's tidy form."""
+    if TIDY_COLUMNS <= set(table.columns):
+        wide = table.pivot(index="embedding", columns="metric", values="value")
+        order = list(dict.fromkeys(table["metric"]))
+        wide = wide.loc[list(dict.fromkeys(table["embedding"])), order]
+        types = None
+        if "metric_type" in table.columns:
+            types = table.drop_duplicates("metric").set_index("metric")["metric_type"][order]
+        return wide, types
+    numeric = table.select_dtypes("number")
+    if numeric.shape[1] == 0:
+        raise ValueError(
+            "metrics() needs numeric scores: a table from armed_bio.metrics.cluster_scores "
+            "(embeddings x metrics) or armed_bio.metrics.scib (tidy)."
+        )
+    return numeric, None
+
+
+def metrics(
+    table: pd.DataFrame,
+    lower_is_better: list[str] | None = None,
+    show: bool = False,
+    save: str | Path | None = None,
+) -> Figure:
+    """Scores of several embeddings side by side: a heatmap coloured by rank within metric.
+
+    Each column is coloured from worst (light) to best (dark) among the embeddings, so
+    metrics on different scales compare at a glance; the cells print the raw values.
+
+    Parameters
+    ----------
+    table
+        :func:`armed_bio.metrics.cluster_scores` output (embeddings x metrics) or
+        :func:`armed_bio.metrics.scib` output (tidy; aggregate scores are outlined).
+    lower_is_better
+        Metrics where lower is better. Default: the ``*_batch`` columns of
+        ``cluster_scores`` (batch separation should be low); none for scib.
+    show, save
+        Show the figure; save it to this path.
+    """
+    if not isinstance(table, pd.DataFrame) or table.empty:
+        raise ValueError("metrics() needs a non-empty DataFrame of scores.")
+    wide, types = _wide(table)
+    if lower_is_better is None:
+        lower_is_better = [c for c in wide.columns if str(c).endswith("_batch")]
+    unknown = [c for c in lower_is_better if c not in wide.columns]
+    if unknown:
+        raise KeyError(f"lower_is_better names {unknown}, not columns of the table.")
+    values = wide.to_numpy(dtype=float)
+    lo, hi = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+    goodness = (values - lo) / np.where(hi > lo, hi - lo, 1.0)
+    flip = np.array([c in lower_is_better for c in wide.columns])
+    goodness[:, flip] = 1.0 - goodness[:, flip]
+    fig, ax = plt.subplots(
+        figsize=(1.0 * wide.shape[1] + 2.5, 0.5 * wide.shape[0] + 1.8)
+    )
+    ax.imshow(goodness, cmap="Blues", vmin=-0.15, vmax=1.15, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
+                color="white" if goodness[i, j] > 0.6 else "black")
+    labels = [f"{c} \u2193" if c in lower_is_better else str(c) for c in wide.columns]
+    ax.set_xticks(range(wide.shape[1]), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(wide.shape[0]), wide.index, fontsize=8)
+    if types is not None:
+        for j, t in enumerate(types):
+            if t == "Aggregate score":
+                ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, wide.shape[0], fill=False,
+                                           lw=1.5, ec="black"))
+    ax.set_title("Scores per embedding (colour: best = dark within each metric; "
+                 "\u2193 lower is better)", fontsize=9)
+    return finish(fig, show, save)
