@@ -13,20 +13,25 @@ batch, streamed with ``iter_counterfactual_expression`` (one batch at a time, ch
 at three chunk sizes; the peak resident memory above the baseline is sampled every 5 ms. The
 reference implementation materialises all batches x cells x genes at once (8 GB here).
 
-Run: ``.venv/bin/python benchmarks/rna_counterfactuals.py`` (about 10 min on 2 CPU cores).
+Run: ``.venv/bin/python benchmarks/rna_counterfactuals.py`` (about 25 min on one CPU core;
+append ``memory`` to rerun part 2 only). Before each measurement, freed heap memory is
+returned to the OS (``malloc_trim``) so the call's own allocations show in the peak.
 Writes ``benchmarks/results/rna_counterfactuals.{json,md}``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import json
 import logging
+import sys
 import threading
 import time
 
 import numpy as np
 import torch
-from _common import machine, write_results
+from _common import RESULTS, machine, write_results
 
 from armed_bio.datasets import simulate_counts
 from armed_bio.model import ArmedRNA
@@ -80,7 +85,38 @@ def truth_check() -> dict:
             "effect_correlation": float(np.corrcoef(lfc - lfc.mean(), effect[:, k])[0, 1]),
             "seen_in_training": name != held_out,
         }
+    plot_truth(adata, adapted, free, true_free, effect, held_out)
     return result
+
+
+def plot_truth(adata, model, free, true_free, effect, held_out) -> None:
+    """Predicted vs true: batch-free expression, and per-gene effects of two batches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(SEED)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    cells = rng.choice(adata.n_obs, 300, replace=False)
+    a, b = true_free[cells] - true_free.mean(0), free[cells] - free.mean(0)
+    axes[0].scatter(a.ravel(), b.ravel(), s=1, alpha=0.15, rasterized=True)
+    axes[0].set(xlabel="true batch-free log expression (gene-centred)",
+                ylabel="predicted (batch=None)",
+                title=f"batch-free: r = {centred_corr(true_free, free):.3f}")
+    categories = list(adata.obs["batch"].cat.categories)
+    for ax, name in zip(axes[1:], [categories[0], held_out], strict=True):
+        k = categories.index(name)
+        as_k = log_expression(model.get_counterfactual_expression(adata, batch=name))
+        lfc = (as_k - free).mean(0)
+        r = np.corrcoef(lfc - lfc.mean(), effect[:, k])[0, 1]
+        ax.scatter(effect[:, k], lfc - lfc.mean(), s=6, alpha=0.6)
+        tag = "adapted, unseen in training" if name == held_out else "seen in training"
+        ax.set(xlabel="true per-gene log effect", ylabel="predicted (as batch - batch-free)",
+               title=f"{name} ({tag}): r = {r:.3f}")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "rna_counterfactuals_truth.png", dpi=110)
+    plt.close(fig)
 
 
 class PeakRSS:
@@ -88,6 +124,8 @@ class PeakRSS:
 
     def __enter__(self):
         gc.collect()
+        # Hand memory freed earlier back to the OS, so the call cannot hide in reused pages.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         self.baseline = self.peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -139,6 +177,16 @@ def memory_check() -> dict:
                      "seconds": time.perf_counter() - t0,
                      "chunk_output_mb": chunk * n_genes * 4 / 2**20})
         print(runs[-1], flush=True)
+    # Peak against the number of cells: one batch, chunk 1024, growing subsets.
+    by_cells = []
+    for n in (10_000, 30_000, 100_000):
+        with PeakRSS() as peak:
+            for _, values in model.iter_counterfactual_expression(
+                batch="batch_0", indices=np.arange(n), batch_size=1024
+            ):
+                values.sum()
+        by_cells.append({"n_cells": n, "peak_mb_above_baseline": peak.above_baseline_mb})
+        print(by_cells[-1], flush=True)
     with PeakRSS() as peak:
         one = model.get_counterfactual_expression(batch="batch_0", batch_size=1024)
     collected = {"output_mb": one.to_numpy().nbytes / 2**20,
@@ -146,14 +194,46 @@ def memory_check() -> dict:
     return {
         "n_cells": n_cells, "n_genes": n_genes, "n_batches": n_batches,
         "all_at_once_mb": n_batches * n_cells * n_genes * 4 / 2**20,
-        "streamed": runs, "one_batch_collected": collected,
+        "streamed": runs, "streamed_by_cells": by_cells, "one_batch_collected": collected,
     }
+
+
+def plot_memory(memory: dict) -> None:
+    """Peak memory against chunk size and against the number of cells streamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    chunks = [r["chunk_size"] for r in memory["streamed"]]
+    ax1.plot(chunks, [r["peak_mb_above_baseline"] for r in memory["streamed"]], "o-",
+             label="peak above baseline")
+    ax1.plot(chunks, [r["chunk_output_mb"] for r in memory["streamed"]], "s--",
+             label="one chunk of output")
+    ax1.axhline(memory["all_at_once_mb"], color="C3", ls=":", label="all batches at once")
+    ax1.set(xscale="log", yscale="log", xlabel="chunk size (cells)", ylabel="MB",
+            title=f"{memory['n_cells']:,} cells x {memory['n_genes']:,} genes "
+                  f"x {memory['n_batches']} batches")
+    ax1.set_xticks(chunks, [str(c) for c in chunks])
+    ax1.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax1.legend(fontsize=8)
+    cells = [r["n_cells"] for r in memory["streamed_by_cells"]]
+    ax2.plot(cells, [r["peak_mb_above_baseline"] for r in memory["streamed_by_cells"]], "o-")
+    ax2.set(xlabel="cells streamed (one batch, chunk 1024)", ylabel="peak MB above baseline",
+            ylim=(0, None), title="peak does not grow with the number of cells")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "rna_counterfactuals_memory.png", dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
     torch.set_num_threads(1)
     logging.getLogger("armed_bio").setLevel(logging.WARNING)
-    truth = truth_check()
+    if sys.argv[1:] == ["memory"]:  # rerun part 2 only, keep the stored part 1
+        truth = json.loads((RESULTS / "rna_counterfactuals.json").read_text())["truth"]
+    else:
+        truth = truth_check()
     memory = memory_check()
     rows = ["| target | ArmedRNA | naive (observed counts) | per-gene effect r |",
             "|---|---|---|---|",
@@ -168,6 +248,11 @@ def main() -> None:
     for r in memory["streamed"]:
         mem.append(f"| {r['chunk_size']} | {r['peak_mb_above_baseline']:.0f} | "
                    f"{r['chunk_output_mb']:.1f} | {r['seconds']:.1f} |")
+    mem += ["", "| cells streamed (one batch, chunk 1024) | peak MB above baseline |",
+            "|---|---|"]
+    for r in memory["streamed_by_cells"]:
+        mem.append(f"| {r['n_cells']:,} | {r['peak_mb_above_baseline']:.0f} |")
+    plot_memory(memory)
     c = memory["one_batch_collected"]
     table = (
         "# Counterfactual expression\n\n## Against the simulated truth (8,000 cells x 500 genes, "

@@ -1,7 +1,8 @@
 """Render every armed_bio plot on real data into docs/figures/ (the figures in README/docs).
 
 Run: ``.venv/bin/python docs/make_figures.py [cellbench_lung5|kang_pbmc_5donors]``
-(default both; about 10 min on 2 CPU cores). Reads ``../shared/data``; nothing downloads.
+(default cellbench_lung5, the one rendered in docs/figures; about 5 min on one CPU core).
+Reads ``../shared/data``; nothing downloads.
 """
 
 from __future__ import annotations
@@ -89,5 +90,5 @@ def render(name: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    for dataset in sys.argv[1:] or ["cellbench_lung5", "kang_pbmc_5donors"]:
+    for dataset in sys.argv[1:] or ["cellbench_lung5"]:
         render(dataset)
