@@ -41,7 +41,7 @@ def metrics(
 ) -> Figure:
     """Scores of several embeddings side by side: a heatmap coloured by rank within metric.
 
-    Each column is coloured from worst (light) to best (dark) among the embeddings, so
+    Each column is coloured by the embeddings' rank, from worst (light) to best (dark), so
     metrics on different scales compare at a glance; the cells print the raw values.
 
     Parameters
@@ -64,8 +64,9 @@ def metrics(
     if unknown:
         raise KeyError(f"lower_is_better names {unknown}, not columns of the table.")
     values = wide.to_numpy(dtype=float)
-    lo, hi = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
-    goodness = (values - lo) / np.where(hi > lo, hi - lo, 1.0)
+    # Colour by rank, not by value: one outlying embedding must not flatten the others.
+    ranks = pd.DataFrame(values).rank(axis=0, method="average").to_numpy()
+    goodness = (ranks - 1.0) / max(len(wide) - 1, 1)
     flip = np.array([c in lower_is_better for c in wide.columns])
     goodness[:, flip] = 1.0 - goodness[:, flip]
     fig, ax = plt.subplots(
@@ -83,6 +84,6 @@ def metrics(
             if t == "Aggregate score":
                 ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, wide.shape[0], fill=False,
                                            lw=1.5, ec="black"))
-    ax.set_title("Scores per embedding (colour: best = dark within each metric; "
+    ax.set_title("Scores per embedding (colour: rank within each metric, dark = best; "
                  "\u2193 lower is better)", fontsize=9)
     return finish(fig, show, save)
