@@ -12,6 +12,13 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 from .._validation import check_anndata, check_obs_keys, check_obsm_keys
 
 
+def subsample(n_obs: int, n_sample: int | None, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded random subsample of ``n_sample`` cells (all if None)."""
+    if n_sample is None or n_sample >= n_obs:
+        return np.arange(n_obs)
+    return np.sort(np.random.default_rng(seed).choice(n_obs, n_sample, replace=False))
+
+
 def cluster_scores(
     adata: AnnData,
     obsm_keys: Sequence[str],
@@ -46,9 +53,7 @@ def cluster_scores(
     keys = {"batch": batch_key} if label_key is None else {"batch": batch_key, "label": label_key}
     obsm_keys = check_obsm_keys(adata, obsm_keys)
     check_obs_keys(adata, list(keys.values()))
-    idx = np.arange(adata.n_obs)
-    if n_sample is not None and n_sample < adata.n_obs:
-        idx = np.sort(np.random.default_rng(seed).choice(adata.n_obs, n_sample, replace=False))
+    idx = subsample(adata.n_obs, n_sample, seed)
     rows = []
     for emb in obsm_keys:
         x = np.asarray(adata.obsm[emb])[idx]

@@ -9,6 +9,7 @@ import pandas as pd
 from anndata import AnnData
 
 from .._validation import check_anndata, check_obs_keys, check_obsm_keys
+from ._cluster import subsample
 
 # scib-metrics' Benchmarker uses 15, 50 and 90 nearest neighbours.
 MIN_CELLS = 91
@@ -77,9 +78,7 @@ def scib(
     obsm_keys = check_obsm_keys(adata, obsm_keys)
     check_obsm_keys(adata, [pre_integrated_key], what="pre_integrated_key")
     check_obs_keys(adata, [batch_key, label_key])
-    idx = np.arange(adata.n_obs)
-    if n_sample is not None and n_sample < adata.n_obs:
-        idx = np.sort(np.random.default_rng(seed).choice(adata.n_obs, n_sample, replace=False))
+    idx = subsample(adata.n_obs, n_sample, seed)
     if len(idx) < MIN_CELLS:
         raise ValueError(
             f"scib needs at least {MIN_CELLS} cells (its neighbourhood metrics use 90 "
