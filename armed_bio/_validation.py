@@ -204,3 +204,55 @@ def check_obs_keys(adata: AnnData, obs_keys, what: str = "obs keys") -> list[str
     if missing:
         raise KeyError(f"{what} {missing} not in adata.obs (available: {list(adata.obs)}).")
     return keys
+
+
+def check_images(adata: AnnData, image_key: str, positions: np.ndarray | None = None) -> tuple:
+    """Check ``adata.obsm[image_key]`` holds finite numeric images ``(n, C, H, W)``.
+
+    ``positions`` restricts the finiteness scan to those cells. Returns ``(C, H, W)``.
+    """
+    if not isinstance(image_key, str) or image_key not in adata.obsm:
+        raise KeyError(
+            f"adata.obsm has no images under {image_key!r} (keys: {list(adata.obsm.keys())}). "
+            "Store crops as `adata.obsm['image'] = array` of shape (n_cells, C, H, W), e.g. "
+            "with `armed_bio.pp.crop_objects`, or pass image_key=."
+        )
+    images = adata.obsm[image_key]
+    where = f"adata.obsm[{image_key!r}]"
+    if not isinstance(images, np.ndarray):
+        raise TypeError(
+            f"{where} is a {type(images).__name__}; expected a numpy array (n_cells, C, H, W)."
+        )
+    if images.ndim != 4:
+        hint = ""
+        if images.ndim == 3:
+            hint = (f" For single-channel images add a channel axis: "
+                    f"`adata.obsm[{image_key!r}] = images[:, None]`.")
+        raise ValueError(
+            f"{where} has shape {images.shape} (rank {images.ndim}); expected rank 4, "
+            f"(n_cells, C, H, W).{hint}"
+        )
+    if 0 in images.shape:
+        raise ValueError(f"{where} is empty (shape {images.shape}); every axis needs size > 0.")
+    if images.shape[-1] <= 4 < images.shape[1]:  # (n, H, W, C) with few channels
+        raise ValueError(
+            f"{where} has shape {images.shape}: it looks channels-last (n, H, W, C). Transpose "
+            f"it: `adata.obsm[{image_key!r}] = images.transpose(0, 3, 1, 2)`."
+        )
+    if images.dtype == bool or not np.issubdtype(images.dtype, np.number) or np.issubdtype(
+        images.dtype, np.complexfloating
+    ):
+        raise TypeError(f"{where} has dtype {images.dtype}; expected real numbers (uint8/16, "
+                        "float).")
+    if np.issubdtype(images.dtype, np.floating):
+        rows = range(images.shape[0]) if positions is None else positions
+        rows = np.asarray(rows)
+        n_bad = 0
+        for start in range(0, len(rows), 512):  # bounded memory on large stacks
+            n_bad += int((~np.isfinite(images[rows[start:start + 512]])).sum())
+        if n_bad:
+            raise ValueError(
+                f"{where} contains {n_bad} NaN or infinite pixel values. Drop or repair those "
+                "crops first."
+            )
+    return tuple(int(s) for s in images.shape[1:])

@@ -10,7 +10,7 @@ from conftest import FAST
 
 import armed_bio as ab
 from armed_bio.model import ArmedRNA
-from armed_bio.model._armed_rna import default_max_epochs
+from armed_bio.model._base import default_max_epochs
 
 
 @pytest.mark.parametrize(

@@ -2,5 +2,6 @@
 
 from ._bundled import bundled_path, cellbench_lung5
 from ._simulate import simulate_counts
+from ._simulate_fields import simulate_fields
 
-__all__ = ["bundled_path", "cellbench_lung5", "simulate_counts"]
+__all__ = ["bundled_path", "cellbench_lung5", "simulate_counts", "simulate_fields"]

@@ -1,5 +1,7 @@
 """scvi-tools modules (``BaseModuleClass`` subclasses) implementing ARMED networks."""
 
+from ._armed_cnn import ArmedCNNModule
+from ._armed_image_ae import ArmedImageModule
 from ._armed_vae import ArmedVAEModule
 
-__all__ = ["ArmedVAEModule"]
+__all__ = ["ArmedCNNModule", "ArmedImageModule", "ArmedVAEModule"]

@@ -20,13 +20,14 @@ from ..nn import (
     RandomEffectsEncoder,
 )
 from ..nn._likelihoods import log_factorial, nb_count_terms, nb_mean_terms, poisson_mean_terms
+from ._adversarial import AdversaryMixin, adversary_penalty, check_objective
 
 # Deterministic latents still report a variance so scvi's helpers that build Normal(qzm, qzv)
 # keep working.
 _DETERMINISTIC_VAR = 1e-8
 
 
-class ArmedVAEModule(BaseModuleClass):
+class ArmedVAEModule(AdversaryMixin, BaseModuleClass):
     """Fixed-effects encoder + adversary, random-effects encoder, mixed-effects decoder.
 
     Parameters
@@ -112,11 +113,7 @@ class ArmedVAEModule(BaseModuleClass):
             raise ValueError(
                 f"adversary_weight must be 'auto' or a number, got {adversary_weight!r}."
             )
-        if adversary_objective not in ("confusion", "negative_ce"):
-            raise ValueError(
-                "adversary_objective must be 'confusion' or 'negative_ce', got "
-                f"{adversary_objective!r}."
-            )
+        check_objective(adversary_objective)
         self.n_input = n_input
         self.n_batch = n_batch
         # Batches seen in training: the size of the adversary, the batch heads and the
@@ -361,16 +358,6 @@ class ArmedVAEModule(BaseModuleClass):
             return torch.cat([*inference_outputs["hidden"], z], dim=-1)
         return z
 
-    def adversary_loss(
-        self, inference_outputs: dict, batch_index: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy and accuracy of the adversary on detached FE activations."""
-        logits = self.adversary(self.adversary_input(inference_outputs).detach())
-        target = batch_index.view(-1).long()
-        ce = F.cross_entropy(logits, target)
-        acc = (logits.argmax(-1) == target).float().mean()
-        return ce, acc
-
     def random_effects_kl(self) -> torch.Tensor:
         """Analytic KL of every random-effect posterior against its prior (a scalar)."""
         kl = self.decoder.kl_divergence()
@@ -431,18 +418,12 @@ class ArmedVAEModule(BaseModuleClass):
 
         if self.has_adversary:
             logits = self.adversary(self.adversary_input(inference_outputs))
-            adv_ce = F.cross_entropy(logits, target)
             weight = self.current_adversary_weight() * adversary_warmup
-            if self.adversary_objective == "confusion":
-                # Cross-entropy against the uniform distribution: minimal when the adversary
-                # cannot tell the batches apart (not when it is confidently wrong).
-                fool = -torch.log_softmax(logits, dim=-1).mean(-1).mean()
-                loss = loss + weight * (fool - math.log(self.n_batch))
-            else:
-                loss = loss - weight * adv_ce
-            metrics["adversary_ce"] = adv_ce.detach()
-            metrics["adversary_accuracy"] = (logits.argmax(-1) == target).float().mean().detach()
-            metrics["adversary_weight"] = torch.tensor(weight)
+            term, adv_metrics = adversary_penalty(
+                logits, target, weight, self.adversary_objective
+            )
+            loss = loss + term
+            metrics.update(adv_metrics)
 
         if self.has_random_encoder:
             z_re = inference_outputs["z_re"]

@@ -97,7 +97,12 @@ class FiLM(nn.Module):
         self.beta = RandomEffect(n_clusters, n_features, prior_sd)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return (1.0 + self.gamma(z)) * h + self.beta(z)
+        """Modulate ``h`` of shape ``(batch, features)`` or ``(batch, channels, H, W)``."""
+        gamma, beta = self.gamma(z), self.beta(z)
+        if h.dim() > 2:  # conv feature maps: one scale and shift per channel
+            shape = (*gamma.shape, *([1] * (h.dim() - 2)))
+            gamma, beta = gamma.view(shape), beta.view(shape)
+        return (1.0 + gamma) * h + beta
 
     def kl_divergence(self) -> torch.Tensor:
         return self.gamma.kl_divergence() + self.beta.kl_divergence()

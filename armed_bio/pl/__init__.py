@@ -2,9 +2,10 @@
 
 from ._counterfactuals import counterfactuals, gene_layout
 from ._embeddings import embeddings
+from ._image_counterfactuals import image_counterfactuals
 from ._metrics import metrics
 from ._random_effects import random_effects
 from ._training import training
 
-__all__ = ["counterfactuals", "embeddings", "gene_layout", "metrics", "random_effects",
-           "training"]
+__all__ = ["counterfactuals", "embeddings", "gene_layout", "image_counterfactuals", "metrics",
+           "random_effects", "training"]

@@ -1,0 +1,155 @@
+"""What the ARMED image models share: set-up, normalisation and reading crops."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, ObsmField
+
+from .. import _validation as check
+from ._base import ArmedModelBase
+
+IMAGE_KEY = "image"  # registry key of the images
+
+
+class ArmedImageModelBase(ArmedModelBase):
+    """Base of :class:`ArmedImageClassifier` and :class:`ArmedImage` (not used directly)."""
+
+    # About 25 epochs of the 5,339 BBBC021 crops at batch size 128: enough for the classifier
+    # and the autoencoder to plateau on CPU (see benchmarks/image_bbbc021.py).
+    _default_target_steps = 1000
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        image_key: str = "image",
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData of single-cell crops.
+
+        Parameters
+        ----------
+        adata
+            One row per crop.
+        image_key
+            ``adata.obsm`` key of the crops, shape ``(n_cells, C, H, W)``, any numeric dtype
+            (uint8, uint16, float), any size and channel count.
+        batch_key
+            ``adata.obs`` column with the grouping modelled as a random effect (plate,
+            imaging day). Required, at least two levels.
+        labels_key
+            ``adata.obs`` column with the phenotype labels (required for the classifier).
+
+        All checks run before anything is written, so on error ``adata`` is unchanged.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check.check_anndata(adata)
+        loading = "source_registry" in kwargs
+        check.check_batch_key(adata, batch_key, min_batches=1 if loading else 2)
+        check.check_labels_key(adata, labels_key)
+        if cls._requires_labels and labels_key is None:
+            raise ValueError(
+                f"{cls.__name__} predicts labels: pass labels_key= (an adata.obs column)."
+            )
+        check.check_images(adata, image_key)
+        fields = [
+            ObsmField(IMAGE_KEY, image_key, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
+
+    _requires_labels = False
+
+    # ------------------------------------------------------------------ helpers for __init__
+    def _image_setup(self) -> tuple[int, tuple[int, int], int, int]:
+        """``(channels, (H, W), n_batch, n_labels)`` of the registered AnnData."""
+        key = self.registry_["setup_args"]["image_key"]
+        c, h, w = self.adata.obsm[key].shape[1:]
+        has_labels = self.registry_["setup_args"].get("labels_key") is not None
+        return c, (h, w), self.summary_stats.n_batch, (
+            self.summary_stats.n_labels if has_labels else 0
+        )
+
+    def _fit_normalisation(self) -> None:
+        """Per-channel mean and s.d. of the training crops, into the module's buffers."""
+        images = self.adata.obsm[self.registry_["setup_args"]["image_key"]]
+        total = np.zeros(images.shape[1])
+        total_sq = np.zeros(images.shape[1])
+        for start in range(0, images.shape[0], 512):
+            block = images[start:start + 512].astype(np.float64)
+            total += block.sum(axis=(0, 2, 3))
+            total_sq += (block**2).sum(axis=(0, 2, 3))
+        n = images.shape[0] * images.shape[2] * images.shape[3]
+        mean = total / n
+        sd = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+        constant = np.flatnonzero(sd == 0)
+        if constant.size:
+            raise ValueError(
+                f"Image channels {constant.tolist()} are constant over every training crop, so "
+                "they carry no signal and cannot be standardised. Drop them."
+            )
+        self.module.image_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.module.image_std.copy_(torch.as_tensor(sd, dtype=torch.float32))
+
+    def _batch_categories(self) -> list:
+        return list(self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+                    .categorical_mapping)
+
+    # ------------------------------------------------------------------ reading crops
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` the model was trained on."""
+        return (self.module.n_channels, *self.module.image_size)
+
+    def _query_chunks(
+        self, adata: AnnData, positions: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        key = self.registry_["setup_args"]["image_key"]
+        shape = check.check_images(adata, key, positions)
+        if shape != self.image_shape:
+            raise ValueError(
+                f"adata.obsm[{key!r}] holds images of shape {shape} (C, H, W) but the model was "
+                f"trained on {self.image_shape}. Crop or resize the query to the training size "
+                "(e.g. `armed_bio.pp.crop_objects(..., crop_size=...)`) with the same channels."
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        images = adata.obsm[key]
+
+        def chunks():
+            for start in range(0, len(positions), batch_size):
+                part = slice(start, min(start + batch_size, len(positions)))
+                yield part, torch.as_tensor(images[positions[part]], dtype=torch.float32)
+
+        return chunks()
+
+    def _saved_names(self) -> list[str]:
+        return [self.registry_["setup_args"]["image_key"], *map(str, self.image_shape)]
+
+    @classmethod
+    def _check_saved_inputs(cls, adata: AnnData, saved_names: list[str]) -> None:
+        key, shape = saved_names[0], tuple(int(s) for s in saved_names[1:])
+        found = check.check_images(adata, key)
+        if found != shape:
+            raise ValueError(
+                f"adata.obsm[{key!r}] holds images of shape {found}; the saved model was trained "
+                f"on {shape} (C, H, W)."
+            )
+
+    def _uns_record(self, obsm_keys: dict[str, str]) -> dict:
+        record = self.run_record(obsm_keys)
+        record["image_shape"] = list(self.image_shape)
+        record["image_mean"] = self.module.image_mean.cpu().numpy().tolist()
+        record["image_std"] = self.module.image_std.cpu().numpy().tolist()
+        return record

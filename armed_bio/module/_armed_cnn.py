@@ -1,0 +1,107 @@
+"""The ARMED mixed-effects CNN classifier (ME-CNN) as an scvi-tools module."""
+
+from __future__ import annotations
+
+import torch
+from scvi.module.base import LossOutput, auto_move_data
+
+from ..nn import ConvEncoder, MixedEffectsClassifier
+from ._image_base import ArmedImageModuleBase
+
+
+class ArmedCNNModule(ArmedImageModuleBase):
+    """Conv FE backbone + adversary on multi-scale features + mixed-effects label head.
+
+    The backbone maps an image to an embedding ``z_FE``. The head gives an FE logit and an ME
+    logit with per-batch random slopes on its hidden features and a random intercept on the
+    logit; both are trained, and so are the random effects (the reference ME-CNN never
+    updated them). The adversary sees every backbone block (pooled) and ``z_FE``.
+
+    Parameters
+    ----------
+    n_channels, image_size
+        Image channels and ``(H, W)``.
+    n_batch
+        Number of training batches (plates).
+    n_labels
+        Number of classes.
+    mode
+        ``"mixed"``: ME head with random effects and a Z-predictor. ``"fixed"``: FE head only.
+    n_latent
+        Size of the embedding.
+    channels
+        Channels of each stride-2 conv block.
+    adversary_weight
+        ``lambda_g``; ``0`` removes the adversary (with ``mode="fixed"``: a plain CNN).
+    adversary_objective
+        ``"confusion"`` (default) or ``"negative_ce"``; see :func:`adversary_penalty`.
+    prior_sd
+        Prior s.d. of the random slopes and intercepts.
+    n_hidden
+        Width of the head's hidden layer (where the random slopes act).
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        image_size: tuple[int, int],
+        n_batch: int,
+        n_labels: int,
+        mode: str = "mixed",
+        n_latent: int = 32,
+        channels: tuple[int, ...] = (16, 32, 64, 64),
+        adversary_weight: float = 1.0,
+        adversary_objective: str = "confusion",
+        prior_sd: float = 0.25,
+        n_hidden: int = 64,
+    ):
+        super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
+                         adversary_objective, n_labels)
+        if n_labels < 2:
+            raise ValueError(
+                f"A classifier needs at least 2 label categories, got {n_labels}. Check the "
+                "labels_key column (and that the training cells hold more than one label)."
+            )
+        self.classification_weight = 1.0
+        self.encoder = ConvEncoder(n_channels, self.image_size, n_latent, channels)
+        self.label_head = MixedEffectsClassifier(
+            n_latent, n_labels, n_batch if self.has_random_effects else 0, n_hidden, prior_sd
+        )
+        self._build_adversary(sum(channels) + n_latent)
+
+    @auto_move_data
+    def inference(
+        self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None = None,
+        n_samples: int = 1,
+    ) -> dict:
+        return self._encode(x, batch_index, design)
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        return {}
+
+    def generative(self, **kwargs) -> dict:
+        return {}
+
+    def random_effects_kl(self) -> torch.Tensor:
+        return self.label_head.kl_divergence()
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+        n_obs: int = 1,
+        adversary_warmup: float = 1.0,
+    ) -> LossOutput:
+        """``CE_FE + CE_ME + lambda_g * adversary term + CE_Z + kl_weight * KL / n_obs``."""
+        metrics: dict[str, torch.Tensor] = {}
+        loss = self._shared_losses(tensors, inference_outputs, metrics)
+        target = tensors["batch"].view(-1).long()
+        loss = loss + self._adversary_term(inference_outputs, target, adversary_warmup, metrics)
+        kl = self.random_effects_kl()
+        loss = loss + kl_weight * kl / max(n_obs, 1)
+        per_cell = loss.detach().expand(tensors["batch"].shape[0])
+        return LossOutput(loss=loss, reconstruction_loss=per_cell,
+                          kl_local=torch.zeros_like(per_cell), kl_global=kl,
+                          extra_metrics={k: v.detach() for k, v in metrics.items()})

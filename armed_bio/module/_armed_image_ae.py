@@ -1,0 +1,154 @@
+"""The ARMED mixed-effects conv autoencoder for microscopy crops as an scvi-tools module."""
+
+from __future__ import annotations
+
+import torch
+from scvi.module.base import LossOutput, auto_move_data
+from torch import nn
+from torch.nn import functional as F
+
+from ..nn import ConvEncoder, MixedEffectsClassifier, MixedEffectsConvDecoder
+from ._image_base import ArmedImageModuleBase
+
+
+class ArmedImageModule(ArmedImageModuleBase):
+    """FE conv encoder + adversary, RE conv encoder with FiLM, mixed-effects conv decoder.
+
+    - FE encoder: image -> ``z_FE``; the adversary sees every block (pooled) and ``z_FE``.
+    - RE encoder: its own conv path with a FiLM random effect after every normalisation, a
+      cooperative batch head on its output ``z_RE``.
+    - Decoder: ``(z_FE, Z)`` -> image with FiLM random effects in every block and a random
+      per-channel gain/offset; ``Z = 0`` renders the batch-free (FE-only) image, a one-hot
+      ``Z`` renders the cell as imaged on that plate.
+    - Optional phenotype head (FE and ME logits) on ``z_FE``; Z-predictor CNN for unseen plates.
+
+    Loss per image (pixels standardised per channel): ``MSE(x, x_ME) + lambda_F MSE(x, x_FE)
+    + lambda_g * adversary term + CE(re head) + CE(Z-predictor) + w_c CE(labels)
+    + kl_weight * KL / n_obs``.
+
+    Parameters
+    ----------
+    n_channels, image_size
+        Image channels and ``(H, W)``.
+    n_batch
+        Number of training batches.
+    mode
+        ``"mixed"`` (full ARMED) or ``"fixed"`` (adversarial FE autoencoder, no random effects).
+    n_latent, n_latent_re
+        Sizes of ``z_FE`` and ``z_RE``.
+    channels, re_channels
+        Channels of the FE encoder/decoder blocks and of the (smaller) RE encoder.
+    adversary_weight, adversary_objective
+        ``lambda_g`` and its form (see :func:`adversary_penalty`); ``0`` removes the adversary.
+    fe_reconstruction_weight
+        ``lambda_F``, weight of the batch-free reconstruction.
+    hidden_prior_sd, output_prior_sd
+        Prior s.d. of the FiLM and of the per-channel output random effects.
+    n_labels, classification_weight
+        Phenotype head (``n_labels > 0``) and the weight of its cross-entropy.
+    """
+
+    def __init__(
+        self,
+        n_channels: int,
+        image_size: tuple[int, int],
+        n_batch: int,
+        mode: str = "mixed",
+        n_latent: int = 32,
+        n_latent_re: int = 8,
+        channels: tuple[int, ...] = (16, 32, 64, 64),
+        re_channels: tuple[int, ...] = (8, 16, 32),
+        adversary_weight: float = 1.0,
+        adversary_objective: str = "confusion",
+        fe_reconstruction_weight: float = 1.0,
+        hidden_prior_sd: float = 0.25,
+        output_prior_sd: float = 1.0,
+        n_labels: int = 0,
+        classification_weight: float = 1.0,
+    ):
+        super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
+                         adversary_objective, n_labels)
+        self.n_latent_re = n_latent_re
+        self.fe_reconstruction_weight = fe_reconstruction_weight
+        self.classification_weight = classification_weight
+        n_re = n_batch if self.has_random_effects else 0
+        self.encoder = ConvEncoder(n_channels, self.image_size, n_latent, channels)
+        self.decoder = MixedEffectsConvDecoder(
+            n_latent, n_channels, self.image_size, channels, n_re, hidden_prior_sd,
+            output_prior_sd,
+        )
+        if self.has_random_encoder:
+            self.re_encoder = ConvEncoder(
+                n_channels, self.image_size, n_latent_re, re_channels, n_batch, hidden_prior_sd
+            )
+            self.re_batch_head = nn.Linear(n_latent_re, n_batch)
+        if n_labels > 0:
+            self.label_head = MixedEffectsClassifier(n_latent, n_labels, n_re,
+                                                     prior_sd=hidden_prior_sd)
+        self._build_adversary(sum(channels) + n_latent)
+
+    @property
+    def has_random_encoder(self) -> bool:
+        return self.mode == "mixed"
+
+    @auto_move_data
+    def inference(
+        self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None = None,
+        n_samples: int = 1,
+    ) -> dict:
+        out = self._encode(x, batch_index, design)
+        if self.has_random_encoder:
+            out["z_re"] = self.re_encoder(out["x_in"], out["design"])[0]
+        return out
+
+    def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
+        return {"z": inference_outputs["z"], "design": inference_outputs["design"]}
+
+    @auto_move_data
+    def generative(self, z: torch.Tensor, design: torch.Tensor | None = None) -> dict:
+        """Standardised reconstructions: with the cells' random effects (``x_me``) and FE-only."""
+        out = {"x_fe": self.decoder(z, None)}
+        out["x_me"] = self.decoder(z, design) if self.has_random_effects else out["x_fe"]
+        return out
+
+    @torch.no_grad()
+    def render(self, z: torch.Tensor, design: torch.Tensor | None) -> torch.Tensor:
+        """Images in the stored scale decoded from ``z_FE`` with design ``Z`` (``None``: Z=0)."""
+        return self.denormalise(self.decoder(z, design))
+
+    def random_effects_kl(self) -> torch.Tensor:
+        kl = self.decoder.kl_divergence()
+        if self.has_random_encoder:
+            kl = kl + self.re_encoder.kl_divergence()
+        if self.n_labels > 0:
+            kl = kl + self.label_head.kl_divergence()
+        return kl
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+        n_obs: int = 1,
+        adversary_warmup: float = 1.0,
+    ) -> LossOutput:
+        x_in = inference_outputs["x_in"]
+        target = tensors["batch"].view(-1).long()
+        metrics: dict[str, torch.Tensor] = {}
+        rec = ((generative_outputs["x_me"] - x_in) ** 2).mean(dim=(1, 2, 3))
+        loss = rec.mean()
+        if self.has_random_effects and self.fe_reconstruction_weight > 0:
+            rec_fe = ((generative_outputs["x_fe"] - x_in) ** 2).mean(dim=(1, 2, 3))
+            loss = loss + self.fe_reconstruction_weight * rec_fe.mean()
+            metrics["reconstruction_loss_fe"] = rec_fe.mean()
+        loss = loss + self._adversary_term(inference_outputs, target, adversary_warmup, metrics)
+        if self.has_random_encoder:
+            head = self.re_batch_head(inference_outputs["z_re"])
+            loss = loss + F.cross_entropy(head, target)
+            metrics["re_batch_accuracy"] = (head.argmax(-1) == target).float().mean()
+        loss = loss + self._shared_losses(tensors, inference_outputs, metrics)
+        kl = self.random_effects_kl()
+        loss = loss + kl_weight * kl / max(n_obs, 1)
+        return LossOutput(loss=loss, reconstruction_loss=rec, kl_local=torch.zeros_like(rec),
+                          kl_global=kl, extra_metrics={k: v.detach() for k, v in metrics.items()})

@@ -1,0 +1,222 @@
+"""ARMED image models on BBBC021 MCF-7 crops (4 plates; DMSO vs protein synthesis inhibitor).
+
+Parts (run all, or name some):
+  heldout         20 % of cells held out (stratified by plate x label): accuracy/AUROC of the
+                  ME-CNN's FE and ME heads vs a plain CNN of the same backbone, plate silhouette
+                  of the embeddings, training throughput (images/s).
+  lopo            leave-one-plate-out: each plate in turn is unseen; the ME head takes the
+                  Z-predictor route.
+  counterfactual  ArmedImage (conv autoencoder) on all crops: one cell rendered as every plate
+                  and batch-free; per-plate intensity of counterfactuals vs real crops.
+
+    .venv/bin/python benchmarks/image_bbbc021.py [heldout] [lopo] [counterfactual]
+
+Results: benchmarks/results/image_bbbc021_<part>.{json,md}, figure
+benchmarks/results/image_bbbc021_counterfactuals.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+import anndata as ad
+import numpy as np
+import torch
+from _common import RESULTS, SHARED, EpochTimer, machine, steady, write_results
+from sklearn.metrics import accuracy_score, roc_auc_score, silhouette_score
+
+import armed_bio as ab
+from armed_bio.model import ArmedImage, ArmedImageClassifier
+
+torch.set_num_threads(1)
+logging.getLogger("armed_bio").setLevel(logging.WARNING)
+DATA = SHARED / "bbbc021_mcf7_crops_4plates.h5ad"
+POSITIVE = "Protein synthesis"
+SEED = 0
+MODELS = {  # name -> ArmedImageClassifier kwargs
+    "ME-CNN (ARMED)": {"mode": "mixed"},
+    "FE-CNN (adversary, no RE)": {"mode": "fixed"},
+    "plain CNN": {"mode": "fixed", "adversary_weight": 0.0},
+}
+
+
+def load() -> ad.AnnData:
+    return ad.read_h5ad(DATA)
+
+
+def stratified_holdout(adata: ad.AnnData, frac: float = 0.2) -> np.ndarray:
+    """Boolean mask of held-out cells, ``frac`` of every plate x label group."""
+    rng = np.random.default_rng(SEED)
+    held = np.zeros(adata.n_obs, dtype=bool)
+    groups = adata.obs["batch"].astype(str) + "|" + adata.obs["label"].astype(str)
+    for g in groups.unique():
+        idx = np.flatnonzero(groups.to_numpy() == g)
+        held[rng.choice(idx, int(round(frac * len(idx))), replace=False)] = True
+    return held
+
+
+def fit(train: ad.AnnData, **kwargs) -> tuple[ArmedImageClassifier, dict]:
+    ArmedImageClassifier.setup_anndata(train, batch_key="batch", labels_key="label")
+    model = ArmedImageClassifier(train, seed=SEED, **kwargs)
+    timer = EpochTimer()
+    t0 = time.perf_counter()
+    model.train(seed=SEED, callbacks=[timer], enable_progress_bar=False)
+    n_train = len(model.train_indices)
+    epoch = steady(timer.times)
+    return model, {
+        "fit_s": time.perf_counter() - t0,
+        "epochs": len(timer.times),
+        "s_per_epoch": epoch,
+        "train_images_per_s": n_train / epoch,
+    }
+
+
+def scores(model, test: ad.AnnData, kind: str) -> dict:
+    proba = model.predict(test, kind=kind, soft=True)
+    truth = test.obs["label"].astype(str).to_numpy()
+    pred = proba.columns.to_numpy()[proba.to_numpy().argmax(1)]
+    out = {"accuracy": accuracy_score(truth, pred)}
+    if len(set(truth)) == 2:
+        out["auroc"] = roc_auc_score(truth == POSITIVE, proba[POSITIVE].to_numpy())
+    return out
+
+
+def plate_silhouettes(emb: np.ndarray, test: ad.AnnData) -> dict:
+    plate = test.obs["batch"].astype(str).to_numpy()
+    dmso = (test.obs["label"] == "DMSO").to_numpy()
+    return {
+        "plate_silhouette": float(silhouette_score(emb, plate)),
+        # Within DMSO the biology is the same on every plate: plate structure is batch effect.
+        "plate_silhouette_dmso": float(silhouette_score(emb[dmso], plate[dmso])),
+        "label_silhouette": float(silhouette_score(emb, test.obs["label"].astype(str))),
+    }
+
+
+def part_heldout() -> None:
+    adata = load()
+    held = stratified_holdout(adata)
+    rows = {}
+    for name, kwargs in MODELS.items():
+        train, test = adata[~held].copy(), adata[held].copy()
+        model, timing = fit(train, **kwargs)
+        row = {"fe": scores(model, test, "fe"), **timing}
+        if model.module.has_random_effects:
+            row["me"] = scores(model, test, "me")
+        row.update(plate_silhouettes(model.get_latent_representation(test), test))
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)
+    table = [
+        "| model | FE acc. | FE AUROC | ME acc. | ME AUROC | plate silhouette (all / DMSO) "
+        "| label silhouette | train images/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        me = r.get("me", {})
+        table.append(
+            f"| {name} | {r['fe']['accuracy']:.3f} | {r['fe']['auroc']:.3f} | "
+            f"{me.get('accuracy', float('nan')):.3f} | {me.get('auroc', float('nan')):.3f} | "
+            f"{r['plate_silhouette']:.3f} / {r['plate_silhouette_dmso']:.3f} | "
+            f"{r['label_silhouette']:.3f} | {r['train_images_per_s']:.0f} |"
+        )
+    write_results("image_bbbc021_heldout", {"machine": machine(), "n_test": int(held.sum()),
+                                            "results": rows}, "\n".join(table) + "\n")
+
+
+def part_lopo(plates: list[str]) -> None:
+    adata = load()
+    folds_dir = RESULTS / "image_bbbc021_lopo_folds"
+    folds_dir.mkdir(parents=True, exist_ok=True)
+    plates = plates or sorted(adata.obs["batch"].astype(str).unique())
+    for plate in plates:
+        out = folds_dir / f"{plate}.json"
+        if out.exists():
+            continue
+        mask = (adata.obs["batch"] == plate).to_numpy()
+        fold = {"plate": plate, "n_cells": int(mask.sum())}
+        for name in ("ME-CNN (ARMED)", "plain CNN"):
+            train, test = adata[~mask].copy(), adata[mask].copy()
+            train.obs["batch"] = train.obs["batch"].astype(str).astype("category")
+            model, timing = fit(train, **MODELS[name])
+            row = {"fe": scores(model, test, "fe"), "fit_s": timing["fit_s"]}
+            if model.module.has_random_effects:
+                row["me"] = scores(model, test, "me")
+                proba = model.predict_batch_proba(test).to_numpy()
+                from armed_bio.model._routes import normalised_entropy
+
+                ent = normalised_entropy(torch.as_tensor(proba)).numpy()
+                row["fraction_on_z0"] = float((ent > model.entropy_threshold).mean())
+            fold[name] = row
+        out.write_text(json.dumps(fold, indent=2))
+        print(json.dumps(fold), flush=True)
+    folds = [json.loads(p.read_text()) for p in sorted(folds_dir.glob("*.json"))]
+    table = [
+        "| held-out plate | cells | ME-CNN FE acc. | ME-CNN ME acc. (Z-predictor route) | "
+        "plain CNN acc. | FE / ME / plain AUROC | ME cells on Z = 0 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in folds:
+        me, plain = f["ME-CNN (ARMED)"], f["plain CNN"]
+        au = "n/a (one class)"
+        if "auroc" in me["fe"]:
+            au = f"{me['fe']['auroc']:.3f} / {me['me']['auroc']:.3f} / {plain['fe']['auroc']:.3f}"
+        table.append(
+            f"| {f['plate']} | {f['n_cells']} | {me['fe']['accuracy']:.3f} | "
+            f"{me['me']['accuracy']:.3f} | {plain['fe']['accuracy']:.3f} | {au} | "
+            f"{me['fraction_on_z0']:.2f} |"
+        )
+    write_results("image_bbbc021_lopo", {"machine": machine(), "folds": folds},
+                  "\n".join(table) + "\n")
+
+
+def part_counterfactual() -> None:
+    adata = load()
+    ArmedImage.setup_anndata(adata, batch_key="batch", labels_key="label")
+    model = ArmedImage(adata, seed=SEED)
+    timer = EpochTimer()
+    model.train(seed=SEED, callbacks=[timer], enable_progress_bar=False)
+    plates = model.batch_categories_
+    # One cell per plate (the first DMSO crop of each), rendered as every plate and Z = 0.
+    cells = [int(np.flatnonzero(((adata.obs["batch"] == p) & (adata.obs["label"] == "DMSO"))
+                                .to_numpy())[0]) for p in plates]
+    fig = ab.pl.image_counterfactuals(model, adata, cells, show=False)
+    fig.savefig(RESULTS / "image_bbbc021_counterfactuals.png", dpi=120, bbox_inches="tight")
+    # Does rendering as plate k give plate k's intensities? Per-channel mean intensity of
+    # every cell rendered as plate k vs the real crops of plate k.
+    rng = np.random.default_rng(SEED)
+    sample = np.sort(rng.choice(adata.n_obs, 500, replace=False))
+    real = {p: adata.obsm["image"][(adata.obs["batch"] == p).to_numpy()].mean(axis=(0, 2, 3))
+            for p in plates}
+    rendered = {p: model.get_counterfactual_images(adata, batch=p, indices=sample)
+                .mean(axis=(0, 2, 3)) for p in plates}
+    free = model.get_counterfactual_images(adata, batch=None, indices=sample).mean(axis=(0, 2, 3))
+    payload = {
+        "machine": machine(), "epochs": len(timer.times), "s_per_epoch": steady(timer.times),
+        "train_images_per_s": len(model.train_indices) / steady(timer.times),
+        "cells": [adata.obs_names[c] for c in cells],
+        "real_channel_means": {p: v.tolist() for p, v in real.items()},
+        "counterfactual_channel_means": {p: v.tolist() for p, v in rendered.items()},
+        "batch_free_channel_means": free.tolist(),
+    }
+    table = ["| plate | real mean intensity (DNA, ch1, ch2) | 500 cells rendered as this plate |",
+             "|---|---|---|"]
+    for p in plates:
+        table.append(f"| {p} | {', '.join(f'{v:.1f}' for v in real[p])} | "
+                     f"{', '.join(f'{v:.1f}' for v in rendered[p])} |")
+    table.append(f"| batch-free (Z = 0) | | {', '.join(f'{v:.1f}' for v in free)} |")
+    write_results("image_bbbc021_counterfactual", payload, "\n".join(table) + "\n")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:] or ["heldout", "lopo", "counterfactual"]
+    parts = [a for a in args if a in ("heldout", "lopo", "counterfactual")]
+    extra = [a for a in args if a not in parts]
+    for part in parts:
+        if part == "heldout":
+            part_heldout()
+        elif part == "lopo":
+            part_lopo(extra)
+        else:
+            part_counterfactual()
