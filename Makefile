@@ -21,11 +21,11 @@ demo: setup
 	$(VENV)/bin/armed-bio demo --out demo_output --threads 1
 
 test: setup
-	$(VENV)/bin/ruff check armed_bio tests benchmarks data
+	$(VENV)/bin/ruff check armed_bio tests benchmarks data tutorials
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: setup
-	$(VENV)/bin/ruff check armed_bio tests benchmarks data
+	$(VENV)/bin/ruff check armed_bio tests benchmarks data tutorials
 
 clean:
 	rm -rf $(VENV) demo_output

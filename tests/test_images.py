@@ -150,3 +150,14 @@ def test_adversary_penalty_signs():
     uniform, _ = adversary_penalty(torch.zeros(2, 2), target, 1.0, "confusion")
     confident, _ = adversary_penalty(logits, target, 1.0, "confusion")
     assert abs(float(uniform)) < 1e-6 and float(confident) > 0
+
+
+def test_label_conditional_adversary(classifier, crops):
+    module = classifier.module
+    assert module.conditional_adversary  # labels given: on by default
+    table = pd.crosstab(crops.obs["phenotype"], crops.obs["batch"], normalize="index")
+    np.testing.assert_allclose(module.batch_given_label.numpy(), table.to_numpy(), atol=1e-6)
+    prior = torch.tensor([[0.7, 0.2, 0.1]])
+    at_prior, _ = adversary_penalty(torch.log(prior), torch.tensor([0]), 1.0, "confusion", prior)
+    uniform, _ = adversary_penalty(torch.zeros(1, 3), torch.tensor([0]), 1.0, "confusion", prior)
+    assert abs(float(at_prior)) < 1e-6 and float(uniform) > 0  # only the label's prior is free

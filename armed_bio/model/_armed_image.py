@@ -43,6 +43,13 @@ class ArmedImage(ArmedImageModelBase):
         Prior s.d. of the FiLM and of the per-channel output random effects.
     classification_weight
         Weight of the phenotype head (only with ``labels_key``).
+    augment
+        Random flips and 90-degree rotations of the training crops (cells have no
+        orientation); off for data where orientation means something.
+    conditional_adversary
+        With labels, the adversary is told each crop's label and the FE side pushes it to
+        ``p(plate | label)``: the plate is removed from ``z_FE`` *given* the label, so a
+        phenotype confounded with plates (e.g. treated wells on some plates only) survives.
     seed
         Seed for weight initialisation.
     """
@@ -64,6 +71,8 @@ class ArmedImage(ArmedImageModelBase):
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
         classification_weight: float = 1.0,
+        augment: bool = True,
+        conditional_adversary: bool = True,
         seed: int = 0,
     ):
         check.check_anndata(adata)
@@ -76,9 +85,10 @@ class ArmedImage(ArmedImageModelBase):
             adversary_weight=adversary_weight, adversary_objective=adversary_objective,
             fe_reconstruction_weight=fe_reconstruction_weight, hidden_prior_sd=hidden_prior_sd,
             output_prior_sd=output_prior_sd, n_labels=n_labels,
-            classification_weight=classification_weight,
+            classification_weight=classification_weight, augment=augment,
+            conditional_adversary=conditional_adversary,
         )
-        self._fit_normalisation()
+        self._fit_training_statistics()
         self.batch_categories_: list = self._batch_categories()
         self._model_summary_string = (
             f"ArmedImage (mode={mode}): images {self.image_shape}, {n_batch} batches, "

@@ -39,6 +39,13 @@ class ArmedImageClassifier(ArmedImageModelBase):
         ``"confusion"`` (default) or ``"negative_ce"``.
     prior_sd
         Prior s.d. of the random slopes and intercepts.
+    augment
+        Random flips and 90-degree rotations of the training crops (cells have no
+        orientation); off for data where orientation means something.
+    conditional_adversary
+        With labels, the adversary is told each crop's label and the FE side pushes it to
+        ``p(plate | label)``: the plate is removed from ``z_FE`` *given* the label, so a
+        phenotype confounded with plates (e.g. treated wells on some plates only) survives.
     seed
         Seed for weight initialisation.
 
@@ -64,6 +71,8 @@ class ArmedImageClassifier(ArmedImageModelBase):
         adversary_weight: float = 1.0,
         adversary_objective: str = "confusion",
         prior_sd: float = 0.25,
+        augment: bool = True,
+        conditional_adversary: bool = True,
         seed: int = 0,
     ):
         check.check_anndata(adata)
@@ -73,9 +82,10 @@ class ArmedImageClassifier(ArmedImageModelBase):
         self.module = self._module_cls(
             n_channels, size, n_batch, n_labels, mode=mode, n_latent=n_latent,
             channels=tuple(channels), adversary_weight=adversary_weight,
-            adversary_objective=adversary_objective, prior_sd=prior_sd,
+            adversary_objective=adversary_objective, prior_sd=prior_sd, augment=augment,
+            conditional_adversary=conditional_adversary,
         )
-        self._fit_normalisation()
+        self._fit_training_statistics()
         self.batch_categories_: list = self._batch_categories()
         kind = "plain CNN" if mode == "fixed" and adversary_weight == 0 else f"mode={mode}"
         self._model_summary_string = (

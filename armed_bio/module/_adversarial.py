@@ -33,19 +33,29 @@ class AdversaryMixin:
 
 
 def adversary_penalty(
-    logits: torch.Tensor, target: torch.Tensor, weight: float, objective: str
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: float,
+    objective: str,
+    prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The term the FE networks add to their loss to fool the adversary, and metrics.
 
     ``"negative_ce"``: ``-weight * CE`` (the ARMED paper's form). ``"confusion"``: ``weight``
-    times the cross-entropy of the adversary's prediction against the uniform distribution,
-    minus its minimum ``log K``: zero when the batches are indistinguishable, never rewarding a
-    confidently wrong adversary.
+    times ``KL(prior || adversary's prediction)``: zero when the adversary can do no better than
+    the prior, never rewarding a confidently wrong adversary. The prior is uniform over the
+    ``K`` batches by default (the KL is then the cross-entropy against uniform minus
+    ``log K``); ``prior`` gives one distribution per cell (``(cells, K)``), e.g. the batch
+    frequencies among cells of the same label for a label-conditional adversary.
     """
     ce = F.cross_entropy(logits, target)
     if objective == "confusion":
-        fool = -torch.log_softmax(logits, dim=-1).mean(-1).mean()
-        term = weight * (fool - math.log(logits.shape[-1]))
+        log_p = torch.log_softmax(logits, dim=-1)
+        if prior is None:
+            term = weight * (-log_p.mean(-1).mean() - math.log(logits.shape[-1]))
+        else:
+            kl = (prior * (torch.log(prior.clamp(min=1e-12)) - log_p)).sum(-1)
+            term = weight * kl.mean()
     else:
         term = -weight * ce
     metrics = {

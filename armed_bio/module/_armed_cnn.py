@@ -39,6 +39,11 @@ class ArmedCNNModule(ArmedImageModuleBase):
         Prior s.d. of the random slopes and intercepts.
     n_hidden
         Width of the head's hidden layer (where the random slopes act).
+    augment
+        Random flips and 90-degree rotations of the training crops.
+    conditional_adversary
+        With labels, give the adversary each cell's label and use ``p(batch | label)`` as
+        the confusion target: remove the batch, not the biology confounded with it.
     """
 
     def __init__(
@@ -54,9 +59,11 @@ class ArmedCNNModule(ArmedImageModuleBase):
         adversary_objective: str = "confusion",
         prior_sd: float = 0.25,
         n_hidden: int = 64,
+        augment: bool = True,
+        conditional_adversary: bool = True,
     ):
         super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
-                         adversary_objective, n_labels)
+                         adversary_objective, n_labels, augment, conditional_adversary)
         if n_labels < 2:
             raise ValueError(
                 f"A classifier needs at least 2 label categories, got {n_labels}. Check the "
@@ -72,9 +79,9 @@ class ArmedCNNModule(ArmedImageModuleBase):
     @auto_move_data
     def inference(
         self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None = None,
-        n_samples: int = 1,
+        labels: torch.Tensor | None = None, n_samples: int = 1,
     ) -> dict:
-        return self._encode(x, batch_index, design)
+        return self._encode(x, batch_index, design, labels)
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         return {}

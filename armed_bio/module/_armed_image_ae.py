@@ -46,6 +46,11 @@ class ArmedImageModule(ArmedImageModuleBase):
         Prior s.d. of the FiLM and of the per-channel output random effects.
     n_labels, classification_weight
         Phenotype head (``n_labels > 0``) and the weight of its cross-entropy.
+    augment
+        Random flips and 90-degree rotations of the training crops.
+    conditional_adversary
+        With labels, give the adversary each cell's label and use ``p(batch | label)`` as
+        the confusion target: remove the batch, not the biology confounded with it.
     """
 
     def __init__(
@@ -65,9 +70,11 @@ class ArmedImageModule(ArmedImageModuleBase):
         output_prior_sd: float = 1.0,
         n_labels: int = 0,
         classification_weight: float = 1.0,
+        augment: bool = True,
+        conditional_adversary: bool = True,
     ):
         super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
-                         adversary_objective, n_labels)
+                         adversary_objective, n_labels, augment, conditional_adversary)
         self.n_latent_re = n_latent_re
         self.fe_reconstruction_weight = fe_reconstruction_weight
         self.classification_weight = classification_weight
@@ -94,9 +101,9 @@ class ArmedImageModule(ArmedImageModuleBase):
     @auto_move_data
     def inference(
         self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None = None,
-        n_samples: int = 1,
+        labels: torch.Tensor | None = None, n_samples: int = 1,
     ) -> dict:
-        out = self._encode(x, batch_index, design)
+        out = self._encode(x, batch_index, design, labels)
         if self.has_random_encoder:
             out["z_re"] = self.re_encoder(out["x_in"], out["design"])[0]
         return out

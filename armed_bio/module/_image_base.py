@@ -13,6 +13,21 @@ IMAGE_MODES: tuple[str, ...] = ("mixed", "fixed")
 _DETERMINISTIC_VAR = 1e-8
 
 
+def random_dihedral(x: torch.Tensor) -> torch.Tensor:
+    """Per-image random horizontal/vertical flips and, for square images, a transpose.
+
+    Together they draw uniformly from the 8 symmetries of the square (4 for rectangles).
+    """
+    n = x.shape[0]
+    for dim in (-1, -2):
+        flip = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(dim), x)
+    if x.shape[-1] == x.shape[-2]:
+        swap = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(swap[:, None, None, None], x.transpose(-1, -2), x)
+    return x
+
+
 class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
     """Base of the image modules; see :class:`ArmedCNNModule` and :class:`ArmedImageModule`.
 
@@ -31,8 +46,18 @@ class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
         adversary_weight: float,
         adversary_objective: str,
         n_labels: int,
+        augment: bool = True,
+        conditional_adversary: bool = True,
     ):
         super().__init__()
+        self.augment = bool(augment)
+        # With labels, the adversary is told each cell's label and must find the batch beyond
+        # it (z independent of batch *given* the label): where labels and batches are
+        # confounded, an unconditional adversary would erase the label along with the batch.
+        self.conditional_adversary = bool(conditional_adversary) and n_labels > 0
+        # p(batch | label) of the training cells: the adversary's best guess from the label.
+        self.register_buffer("batch_given_label",
+                             torch.full((max(n_labels, 1), n_batch), 1.0 / n_batch))
         if mode not in IMAGE_MODES:
             raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}.")
         if not isinstance(adversary_weight, int | float) or adversary_weight < 0:
@@ -56,7 +81,8 @@ class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
 
     def _build_adversary(self, n_features: int) -> None:
         if self.has_adversary:
-            self.adversary = Classifier(n_features, self.n_batch, n_hidden=64)
+            n_in = n_features + (self.n_labels if self.conditional_adversary else 0)
+            self.adversary = Classifier(n_in, self.n_batch, n_hidden=64)
 
     @property
     def has_adversary(self) -> bool:
@@ -87,22 +113,43 @@ class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
         return torch.softmax(logits / self.z_temperature, dim=-1)
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {"x": tensors["image"], "batch_index": tensors["batch"]}
+        out = {"x": tensors["image"], "batch_index": tensors["batch"]}
+        if self.conditional_adversary:
+            out["labels"] = tensors["labels"]
+        return out
 
     def adversary_input(self, inference_outputs: dict) -> torch.Tensor:
-        return pooled_features(inference_outputs["features"], inference_outputs["z"])
+        h = pooled_features(inference_outputs["features"], inference_outputs["z"])
+        if self.conditional_adversary:
+            labels = inference_outputs["labels"].view(-1).long()
+            h = torch.cat([h, F.one_hot(labels, self.n_labels).float()], dim=-1)
+        return h
 
     def _encode(
-        self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        design: torch.Tensor | None,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``z_FE`` and the backbone's feature maps of standardised ``x``; the design ``Z``."""
+        """``z_FE`` and the backbone's feature maps of standardised ``x``; the design ``Z``.
+
+        In training, with ``augment``, each crop is randomly flipped and (when square) rotated
+        by a multiple of 90 degrees first: a cell has no preferred orientation. The
+        autoencoder reconstructs the augmented crop, so input and target stay paired.
+        """
+        if self.training and self.augment:
+            x = random_dihedral(x)
         x_in, _ = self._normalise(x)
         z, features = self.encoder(x_in)
         if design is None:
             design = self.design_matrix(batch_index)
         # Deterministic latents still report a variance for scvi helpers built on Normal(m, v).
-        return {"z": z, "qzm": z, "qzv": torch.full_like(z, _DETERMINISTIC_VAR),
-                "features": features, "x_in": x_in, "design": design}
+        out = {"z": z, "qzm": z, "qzv": torch.full_like(z, _DETERMINISTIC_VAR),
+               "features": features, "x_in": x_in, "design": design}
+        if labels is not None:
+            out["labels"] = labels
+        return out
 
     def _adversary_term(
         self, inference_outputs: dict, target: torch.Tensor, warmup: float, metrics: dict
@@ -111,8 +158,11 @@ class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
         if not self.has_adversary:
             return torch.zeros((), device=target.device)
         logits = self.adversary(self.adversary_input(inference_outputs))
+        prior = None
+        if self.conditional_adversary:
+            prior = self.batch_given_label[inference_outputs["labels"].view(-1).long()]
         term, adv = adversary_penalty(logits, target, self.adversary_weight * warmup,
-                                      self.adversary_objective)
+                                      self.adversary_objective, prior)
         metrics.update(adv)
         return term
 
