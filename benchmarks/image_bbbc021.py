@@ -8,8 +8,10 @@ Parts (run all, or name some):
                   Z-predictor route.
   counterfactual  ArmedImage (conv autoencoder) on all crops: one cell rendered as every plate
                   and batch-free; per-plate intensity of counterfactuals vs real crops.
+  throughput      training images/s of each model on the same 2,000 crops, alternating in one
+                  process (run it alone: the other parts share the cores).
 
-    .venv/bin/python benchmarks/image_bbbc021.py [heldout] [lopo] [counterfactual]
+    .venv/bin/python benchmarks/image_bbbc021.py [heldout] [lopo] [counterfactual] [throughput]
 
 Results: benchmarks/results/image_bbbc021_<part>.{json,md}, figure
 benchmarks/results/image_bbbc021_counterfactuals.png.
@@ -175,6 +177,11 @@ def part_lopo(plates: list[str]) -> None:
             f"{me['me']['accuracy']:.3f} | {plain['fe']['accuracy']:.3f} | {au} | "
             f"{me['fraction_on_z0']:.2f} |"
         )
+    mean = {k: np.mean([f[m]["fe" if k != "me" else "me"]["accuracy"] for f in folds])
+            for k, m in (("fe", "ME-CNN (ARMED)"), ("me", "ME-CNN (ARMED)"),
+                         ("plain", "plain CNN"))}
+    table.append(f"| **mean of folds** | | {mean['fe']:.3f} | {mean['me']:.3f} | "
+                 f"{mean['plain']:.3f} | | |")
     write_results("image_bbbc021_lopo", {"machine": machine(), "folds": folds},
                   "\n".join(table) + "\n")
 
@@ -191,40 +198,88 @@ def part_counterfactual() -> None:
                                 .to_numpy())[0]) for p in plates]
     fig = ab.pl.image_counterfactuals(model, adata, cells, show=False)
     fig.savefig(RESULTS / "image_bbbc021_counterfactuals.png", dpi=120, bbox_inches="tight")
-    # Does rendering as plate k give plate k's intensities? Per-channel mean intensity of
-    # every cell rendered as plate k vs the real crops of plate k.
-    rng = np.random.default_rng(SEED)
-    sample = np.sort(rng.choice(adata.n_obs, 500, replace=False))
-    real = {p: adata.obsm["image"][(adata.obs["batch"] == p).to_numpy()].mean(axis=(0, 2, 3))
+    # Does rendering as plate k apply plate k's intensity shift? DMSO crops only (the same
+    # biology on every plate): the shift of each plate's real mean from the all-plate mean, vs
+    # the shift of the same 600 DMSO cells rendered as that plate from their batch-free render.
+    dmso = np.flatnonzero((adata.obs["label"] == "DMSO").to_numpy())
+    sample = np.sort(np.random.default_rng(SEED).choice(dmso, 600, replace=False))
+    images = adata.obsm["image"]
+    real = {p: images[np.intersect1d(dmso, np.flatnonzero((adata.obs["batch"] == p)
+                                                          .to_numpy()))].mean(axis=(0, 2, 3))
             for p in plates}
+    real_all = images[dmso].mean(axis=(0, 2, 3))
     rendered = {p: model.get_counterfactual_images(adata, batch=p, indices=sample)
                 .mean(axis=(0, 2, 3)) for p in plates}
     free = model.get_counterfactual_images(adata, batch=None, indices=sample).mean(axis=(0, 2, 3))
+    real_shift = np.array([real[p] - real_all for p in plates])
+    model_shift = np.array([rendered[p] - free for p in plates])
+    r = float(np.corrcoef(real_shift.ravel(), model_shift.ravel())[0, 1])
     payload = {
         "machine": machine(), "epochs": len(timer.times), "s_per_epoch": steady(timer.times),
         "train_images_per_s": len(model.train_indices) / steady(timer.times),
         "cells": [adata.obs_names[c] for c in cells],
-        "real_channel_means": {p: v.tolist() for p, v in real.items()},
+        "real_dmso_channel_means": {p: v.tolist() for p, v in real.items()},
+        "real_dmso_all_plates": real_all.tolist(),
         "counterfactual_channel_means": {p: v.tolist() for p, v in rendered.items()},
         "batch_free_channel_means": free.tolist(),
+        "shift_correlation": r,
     }
-    table = ["| plate | real mean intensity (DNA, ch1, ch2) | 500 cells rendered as this plate |",
-             "|---|---|---|"]
-    for p in plates:
-        table.append(f"| {p} | {', '.join(f'{v:.1f}' for v in real[p])} | "
-                     f"{', '.join(f'{v:.1f}' for v in rendered[p])} |")
-    table.append(f"| batch-free (Z = 0) | | {', '.join(f'{v:.1f}' for v in free)} |")
+    table = ["| plate | real DMSO mean - all-plate DMSO mean (DNA, ch1, ch2) | "
+             "600 DMSO cells rendered as this plate - batch-free render |", "|---|---|---|"]
+    for p, rs, ms in zip(plates, real_shift, model_shift, strict=True):
+        table.append(f"| {p} | {', '.join(f'{v:+.1f}' for v in rs)} | "
+                     f"{', '.join(f'{v:+.1f}' for v in ms)} |")
+    table += ["", f"Correlation of the 12 shifts (4 plates x 3 channels): r = {r:.2f}. "
+              f"Batch-free render mean: {', '.join(f'{v:.1f}' for v in free)}; real DMSO mean: "
+              f"{', '.join(f'{v:.1f}' for v in real_all)}."]
     write_results("image_bbbc021_counterfactual", payload, "\n".join(table) + "\n")
 
 
+def part_throughput(rounds: int = 2, epochs: int = 3) -> None:
+    adata = load()
+    sub = adata[np.sort(np.random.default_rng(SEED).choice(adata.n_obs, 2000, replace=False))]
+    makers = {
+        **{name: (ArmedImageClassifier, kw) for name, kw in MODELS.items()},
+        "ArmedImage (conv autoencoder)": (ArmedImage, {}),
+    }
+    times: dict[str, list[float]] = {name: [] for name in makers}
+    n_train = {}
+    for _ in range(rounds):  # alternate, so drifts in machine load hit every model alike
+        for name, (cls, kw) in makers.items():
+            data = sub.copy()
+            cls.setup_anndata(data, batch_key="batch", labels_key="label")
+            model = cls(data, seed=SEED, **kw)
+            timer = EpochTimer()
+            model.train(max_epochs=epochs, seed=SEED, callbacks=[timer], enable_progress_bar=False,
+                        check_val_every_n_epoch=epochs + 1)
+            times[name] += timer.times[1:]
+            n_train[name] = len(model.train_indices)
+    rows = {name: {"s_per_epoch": float(np.median(t)), "images_per_s": n_train[name] / float(
+        np.median(t)), "n_train": n_train[name]} for name, t in times.items()}
+    plain = rows["plain CNN"]["s_per_epoch"]
+    table = ["| model | s / epoch (1,800 crops) | training images/s | time vs plain CNN |",
+             "|---|---|---|---|"]
+    for name, r in rows.items():
+        table.append(f"| {name} | {r['s_per_epoch']:.2f} | {r['images_per_s']:.0f} | "
+                     f"{r['s_per_epoch'] / plain:.2f}x |")
+    write_results("image_bbbc021_throughput",
+                  {"machine": machine(), "batch_size": 128, "results": rows},
+                  "\n".join(table) + "\n")
+    print("\n".join(table))
+
+
+PARTS = ("heldout", "lopo", "counterfactual", "throughput")
+
 if __name__ == "__main__":
-    args = sys.argv[1:] or ["heldout", "lopo", "counterfactual"]
-    parts = [a for a in args if a in ("heldout", "lopo", "counterfactual")]
+    args = sys.argv[1:] or list(PARTS)
+    parts = [a for a in args if a in PARTS]
     extra = [a for a in args if a not in parts]
     for part in parts:
         if part == "heldout":
             part_heldout()
         elif part == "lopo":
             part_lopo(extra)
-        else:
+        elif part == "counterfactual":
             part_counterfactual()
+        else:
+            part_throughput()

@@ -132,6 +132,9 @@ def test_setup_rejects_bad_images_and_leaves_adata_unchanged(crops, model_cls):
     nan.obsm["image"][0, 0, 0, 0] = np.nan
     cases.append((nan, "NaN", {}))
     cases.append((crops.copy(), "no images under 'crops'", {"image_key": "crops"}))
+    zero = crops.copy()
+    zero.obsm["image"] = np.zeros((zero.n_obs, 0, 16, 16), dtype=np.uint8)
+    cases.append((zero, "empty", {}))
     no_batch = crops.copy()
     cases.append((no_batch, "not_a_column", {"batch_key": "not_a_column"}))
     for adata, message, override in cases:
