@@ -5,13 +5,14 @@ Parts (run all, or name some):
                   ME-CNN's FE and ME heads vs a plain CNN of the same backbone, plate silhouette
                   of the embeddings, training throughput (images/s).
   lopo            leave-one-plate-out: each plate in turn is unseen; the ME head takes the
-                  Z-predictor route.
+                  Z-predictor route. Extra arguments: plates, and seed=N (repeatable; default 0).
   counterfactual  ArmedImage (conv autoencoder) on all crops: one cell rendered as every plate
                   and batch-free; per-plate intensity of counterfactuals vs real crops.
   throughput      training images/s of each model on the same 2,000 crops, alternating in one
                   process (run it alone: the other parts share the cores).
 
-    .venv/bin/python benchmarks/image_bbbc021.py [heldout] [lopo] [counterfactual] [throughput]
+    .venv/bin/python benchmarks/image_bbbc021.py [heldout] [lopo [plate ...] [seed=N ...]]
+        [counterfactual] [throughput]
 
 Results: benchmarks/results/image_bbbc021_<part>.{json,md}, figure
 benchmarks/results/image_bbbc021_counterfactuals.png.
@@ -137,51 +138,59 @@ def part_heldout() -> None:
                                             "results": rows}, "\n".join(table) + "\n")
 
 
-def part_lopo(plates: list[str]) -> None:
+def part_lopo(plates: list[str], seeds: list[int]) -> None:
     adata = load()
     folds_dir = RESULTS / "image_bbbc021_lopo_folds"
     folds_dir.mkdir(parents=True, exist_ok=True)
     plates = plates or sorted(adata.obs["batch"].astype(str).unique())
-    for plate in plates:
-        out = folds_dir / f"{plate}.json"
-        if out.exists():
-            continue
-        mask = (adata.obs["batch"] == plate).to_numpy()
-        fold = {"plate": plate, "n_cells": int(mask.sum())}
-        for name in ("ME-CNN (ARMED)", "plain CNN"):
-            train, test = adata[~mask].copy(), adata[mask].copy()
-            train.obs["batch"] = train.obs["batch"].astype(str).astype("category")
-            model, timing = fit(train, **MODELS[name])
-            row = {"fe": scores(model, test, "fe"), "fit_s": timing["fit_s"]}
-            if model.module.has_random_effects:
-                row["me"] = scores(model, test, "me")
-                proba = model.predict_batch_proba(test).to_numpy()
-                ent = normalised_entropy(torch.as_tensor(proba)).numpy()
-                row["fraction_on_z0"] = float((ent > model.entropy_threshold).mean())
-            fold[name] = row
-        out.write_text(json.dumps(fold, indent=2))
-        print(json.dumps(fold), flush=True)
+    global SEED
+    for seed in seeds:
+        SEED = seed
+        for plate in plates:
+            out = folds_dir / (f"{plate}.json" if seed == 0 else f"{plate}_seed{seed}.json")
+            if out.exists():
+                continue
+            mask = (adata.obs["batch"] == plate).to_numpy()
+            fold = {"plate": plate, "seed": seed, "n_cells": int(mask.sum())}
+            for name in ("ME-CNN (ARMED)", "plain CNN"):
+                train, test = adata[~mask].copy(), adata[mask].copy()
+                train.obs["batch"] = train.obs["batch"].astype(str).astype("category")
+                model, timing = fit(train, **MODELS[name])
+                row = {"fe": scores(model, test, "fe"), "fit_s": timing["fit_s"]}
+                if model.module.has_random_effects:
+                    row["me"] = scores(model, test, "me")
+                    proba = model.predict_batch_proba(test).to_numpy()
+                    ent = normalised_entropy(torch.as_tensor(proba)).numpy()
+                    row["fraction_on_z0"] = float((ent > model.entropy_threshold).mean())
+                fold[name] = row
+            out.write_text(json.dumps(fold, indent=2))
+            print(json.dumps(fold), flush=True)
     folds = [json.loads(p.read_text()) for p in sorted(folds_dir.glob("*.json"))]
     table = [
-        "| held-out plate | cells | ME-CNN FE acc. | ME-CNN ME acc. (Z-predictor route) | "
-        "plain CNN acc. | FE / ME / plain AUROC | ME cells on Z = 0 |",
-        "|---|---|---|---|---|---|---|",
+        "| held-out plate | seed | cells | ME-CNN FE acc. | ME-CNN ME acc. (Z-predictor route) "
+        "| plain CNN acc. | FE / ME / plain AUROC | ME cells on Z = 0 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for f in folds:
+    for f in sorted(folds, key=lambda f: (f["plate"], f.get("seed", 0))):
         me, plain = f["ME-CNN (ARMED)"], f["plain CNN"]
         au = "n/a (one class)"
         if "auroc" in me["fe"]:
             au = f"{me['fe']['auroc']:.3f} / {me['me']['auroc']:.3f} / {plain['fe']['auroc']:.3f}"
         table.append(
-            f"| {f['plate']} | {f['n_cells']} | {me['fe']['accuracy']:.3f} | "
+            f"| {f['plate']} | {f.get('seed', 0)} | {f['n_cells']} | {me['fe']['accuracy']:.3f} | "
             f"{me['me']['accuracy']:.3f} | {plain['fe']['accuracy']:.3f} | {au} | "
             f"{me['fraction_on_z0']:.2f} |"
         )
-    mean = {k: np.mean([f[m]["fe" if k != "me" else "me"]["accuracy"] for f in folds])
-            for k, m in (("fe", "ME-CNN (ARMED)"), ("me", "ME-CNN (ARMED)"),
-                         ("plain", "plain CNN"))}
-    table.append(f"| **mean of folds** | | {mean['fe']:.3f} | {mean['me']:.3f} | "
-                 f"{mean['plain']:.3f} | | |")
+    acc = {k: np.array([f[m][h]["accuracy"] for f in folds])
+           for k, m, h in (("fe", "ME-CNN (ARMED)", "fe"), ("me", "ME-CNN (ARMED)", "me"),
+                           ("plain", "plain CNN", "fe"))}
+    table.append(
+        f"| **mean (s.d.) of {len(folds)} runs** | | | {acc['fe'].mean():.3f} "
+        f"({acc['fe'].std():.3f}) | {acc['me'].mean():.3f} ({acc['me'].std():.3f}) | "
+        f"{acc['plain'].mean():.3f} ({acc['plain'].std():.3f}) | | |"
+    )
+    wins = int((acc["me"] > acc["plain"]).sum())
+    table.append(f"\nME head beats the plain CNN in {wins} of {len(folds)} runs.")
     write_results("image_bbbc021_lopo", {"machine": machine(), "folds": folds},
                   "\n".join(table) + "\n")
 
@@ -278,7 +287,8 @@ if __name__ == "__main__":
         if part == "heldout":
             part_heldout()
         elif part == "lopo":
-            part_lopo(extra)
+            seeds = [int(a.split("=")[1]) for a in extra if a.startswith("seed=")] or [0]
+            part_lopo([a for a in extra if not a.startswith("seed=")], seeds)
         elif part == "counterfactual":
             part_counterfactual()
         else:
