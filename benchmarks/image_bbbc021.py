@@ -64,12 +64,12 @@ def stratified_holdout(adata: ad.AnnData, frac: float = 0.2) -> np.ndarray:
     return held
 
 
-def fit(train: ad.AnnData, **kwargs) -> tuple[ArmedImageClassifier, dict]:
+def fit(train: ad.AnnData, seed: int = SEED, **kwargs) -> tuple[ArmedImageClassifier, dict]:
     ArmedImageClassifier.setup_anndata(train, batch_key="batch", labels_key="label")
-    model = ArmedImageClassifier(train, seed=SEED, **kwargs)
+    model = ArmedImageClassifier(train, seed=seed, **kwargs)
     timer = EpochTimer()
     t0 = time.perf_counter()
-    model.train(seed=SEED, callbacks=[timer], enable_progress_bar=False)
+    model.train(seed=seed, callbacks=[timer], enable_progress_bar=False)
     n_train = len(model.train_indices)
     epoch = steady(timer.times)
     return model, {
@@ -143,9 +143,7 @@ def part_lopo(plates: list[str], seeds: list[int]) -> None:
     folds_dir = RESULTS / "image_bbbc021_lopo_folds"
     folds_dir.mkdir(parents=True, exist_ok=True)
     plates = plates or sorted(adata.obs["batch"].astype(str).unique())
-    global SEED
     for seed in seeds:
-        SEED = seed
         for plate in plates:
             out = folds_dir / (f"{plate}.json" if seed == 0 else f"{plate}_seed{seed}.json")
             if out.exists():
@@ -155,7 +153,7 @@ def part_lopo(plates: list[str], seeds: list[int]) -> None:
             for name in ("ME-CNN (ARMED)", "plain CNN"):
                 train, test = adata[~mask].copy(), adata[mask].copy()
                 train.obs["batch"] = train.obs["batch"].astype(str).astype("category")
-                model, timing = fit(train, **MODELS[name])
+                model, timing = fit(train, seed=seed, **MODELS[name])
                 row = {"fe": scores(model, test, "fe"), "fit_s": timing["fit_s"]}
                 if model.module.has_random_effects:
                     row["me"] = scores(model, test, "me")

@@ -166,3 +166,11 @@ def test_query_with_other_image_shape_is_rejected(crops, fields):
     with pytest.raises(ValueError, match="trained on"):
         model.write_to_adata(other)
     _assert_unchanged(other, snap)
+
+
+def test_fields_of_different_dtypes_keep_every_value(fields):
+    f, _, _ = fields
+    bright = f[1].astype(np.uint16) * 200  # values above 255: must not wrap to uint8
+    adata = ab.pp.crop_objects([f[0], bright], batch="p", crop_size=16, progress_bar=False)
+    assert adata.obsm["image"].dtype == np.uint16
+    assert adata.obsm["image"].max() > 255

@@ -133,21 +133,11 @@ class ArmedImage(ArmedImageModelBase):
         """
         if observed and batch is not None:
             raise ValueError("Pass either batch= or observed=True, not both.")
-        code = None if observed else self._batch_code(batch)
-        if observed:
-            what = "Reconstruction in their own batch of"
-        elif code is None:
-            what = "Batch-free image (Z = 0) of"
-        else:
-            what = f"Image as batch {batch!r} of"
+        code, what = self._decode_route(batch, observed, "Image")
         out = []
         for _, x, design, _ in self._cells(adata, indices, batch_size, what, observed):
             z = self.module.encoder(self.module._normalise(x)[0])[0]
             if not observed:
-                if code is None:
-                    design = None
-                else:
-                    design = torch.zeros_like(design)
-                    design[:, code] = 1.0
+                design = self._decode_design(design, code)
             out.append(self.module.render(z, design).cpu())
         return torch.cat(out).numpy()

@@ -66,19 +66,11 @@ class ArmedExpressionMixin:
                 f"library_size must be a positive number or 'observed', got {library_size!r}."
             )
         genes = self._gene_positions(gene_list)
-        code = None if observed else self._batch_code(batch)
-        if observed:
-            what = "Expression in their own batch of"
-        elif code is None:
-            what = "Batch-free expression (Z = 0) of"
-        else:
-            what = f"Expression as batch {batch!r} of"
+        code, what = self._decode_route(batch, observed, "Expression")
         with torch.inference_mode():
             for part, x, design, _ in self._cells(adata, indices, batch_size, what, observed):
                 if not observed:
-                    design = None if code is None else torch.zeros_like(design)
-                    if design is not None:
-                        design[:, code] = 1.0
+                    design = self._decode_design(design, code)
                 yield part, self._expression(x, design, genes, library_size)
 
     def iter_counterfactual_expression(

@@ -23,6 +23,7 @@ class ArmedImageModelBase(ArmedModelBase):
     # About 25 epochs of the 5,339 BBBC021 crops at batch size 128: enough for the classifier
     # and the autoencoder to plateau on CPU (see benchmarks/image_bbbc021.py).
     _default_target_steps = 1000
+    _requires_labels = False  # the classifier sets True
 
     @classmethod
     def setup_anndata(
@@ -68,8 +69,6 @@ class ArmedImageModelBase(ArmedModelBase):
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
-
-    _requires_labels = False
 
     # ------------------------------------------------------------------ helpers for __init__
     def _image_setup(self) -> tuple[int, tuple[int, int], int, int]:

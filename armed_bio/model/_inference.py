@@ -100,6 +100,27 @@ class ArmedInferenceMixin:
             "`model.adapt(query)` to give a new batch its own random effects."
         )
 
+    def _decode_route(self, batch, observed: bool, noun: str) -> tuple[int | None, str]:
+        """Batch code to decode as (``None``: Z = 0) and the log line's subject.
+
+        ``observed=True`` keeps each cell's own design (``batch`` is then ignored).
+        """
+        if observed:
+            return None, f"{noun} in their own batch of"
+        code = self._batch_code(batch)
+        if code is None:
+            return None, f"Batch-free {noun.lower()} (Z = 0) of"
+        return code, f"{noun} as batch {batch!r} of"
+
+    @staticmethod
+    def _decode_design(design: torch.Tensor, code: int | None) -> torch.Tensor | None:
+        """The one-hot design of batch ``code`` for every cell of a chunk (``None``: Z = 0)."""
+        if code is None:
+            return None
+        onehot = torch.zeros_like(design)
+        onehot[:, code] = 1.0
+        return onehot
+
     # ------------------------------------------------------------------ latents
     @torch.inference_mode()
     def get_latent_representation(

@@ -21,13 +21,10 @@ from ..nn import (
 )
 from ..nn._likelihoods import log_factorial, nb_count_terms, nb_mean_terms, poisson_mean_terms
 from ._adversarial import AdversaryMixin, adversary_penalty, check_objective
-
-# Deterministic latents still report a variance so scvi's helpers that build Normal(qzm, qzv)
-# keep working.
-_DETERMINISTIC_VAR = 1e-8
+from ._batch_design import DETERMINISTIC_VAR, BatchDesignMixin
 
 
-class ArmedVAEModule(AdversaryMixin, BaseModuleClass):
+class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
     """Fixed-effects encoder + adversary, random-effects encoder, mixed-effects decoder.
 
     Parameters
@@ -185,10 +182,6 @@ class ArmedVAEModule(AdversaryMixin, BaseModuleClass):
         return self.mode in ("mixed", "random")
 
     # ------------------------------------------------------------------ design matrix
-    def design_matrix(self, batch_index: torch.Tensor) -> torch.Tensor:
-        """One-hot ``Z`` of shape ``(batch, n_batch)`` from integer codes ``(batch, 1)``."""
-        return F.one_hot(batch_index.view(-1).long(), self.n_batch).float()
-
     def _resolve_design(
         self, batch_index: torch.Tensor, transform_batch: int | torch.Tensor | None
     ) -> torch.Tensor:
@@ -211,12 +204,6 @@ class ArmedVAEModule(AdversaryMixin, BaseModuleClass):
             library = x.sum(-1, keepdim=True)
             return torch.log1p(x / library.clamp(min=1.0) * NORMALISATION_TARGET), library
         return x, torch.ones_like(x[..., :1])
-
-    @torch.no_grad()
-    def batch_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities ``(cells, n_batch_reference)`` of each seen batch."""
-        logits = self.z_predictor(self._normalise(x)[0])
-        return torch.softmax(logits / self.z_temperature, dim=-1)
 
     @torch.no_grad()
     def add_clusters(self, init_design: torch.Tensor) -> None:
@@ -254,7 +241,7 @@ class ArmedVAEModule(AdversaryMixin, BaseModuleClass):
         out = {
             "z": z,
             "qzm": z,
-            "qzv": torch.full_like(z, _DETERMINISTIC_VAR),
+            "qzv": torch.full_like(z, DETERMINISTIC_VAR),
             "hidden": hidden,
             "x_in": x_in,
             "library": library,

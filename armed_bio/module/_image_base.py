@@ -8,9 +8,9 @@ from torch.nn import functional as F
 
 from ..nn import Classifier, ConvClassifier, pooled_features
 from ._adversarial import AdversaryMixin, adversary_penalty, check_objective
+from ._batch_design import DETERMINISTIC_VAR, BatchDesignMixin
 
 IMAGE_MODES: tuple[str, ...] = ("mixed", "fixed")
-_DETERMINISTIC_VAR = 1e-8
 
 
 def random_dihedral(x: torch.Tensor) -> torch.Tensor:
@@ -28,7 +28,7 @@ def random_dihedral(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
+class ArmedImageModuleBase(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
     """Base of the image modules; see :class:`ArmedCNNModule` and :class:`ArmedImageModule`.
 
     Images arrive as ``(batch, C, H, W)`` tensors in their stored scale (e.g. uint8 values as
@@ -50,6 +50,12 @@ class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
         conditional_adversary: bool = True,
     ):
         super().__init__()
+        if mode not in IMAGE_MODES:
+            raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}.")
+        if not isinstance(adversary_weight, int | float) or adversary_weight < 0:
+            raise ValueError(
+                f"adversary_weight must be a number >= 0, got {adversary_weight!r}."
+            )
         self.augment = bool(augment)
         # With labels, the adversary is told each cell's label and must find the batch beyond
         # it (z independent of batch *given* the label): where labels and batches are
@@ -58,12 +64,6 @@ class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
         # p(batch | label) of the training cells: the adversary's best guess from the label.
         self.register_buffer("batch_given_label",
                              torch.full((max(n_labels, 1), n_batch), 1.0 / n_batch))
-        if mode not in IMAGE_MODES:
-            raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}.")
-        if not isinstance(adversary_weight, int | float) or adversary_weight < 0:
-            raise ValueError(
-                f"adversary_weight must be a number >= 0, got {adversary_weight!r}."
-            )
         self.n_channels = n_channels
         self.image_size = tuple(int(s) for s in image_size)
         self.n_batch = n_batch
@@ -103,15 +103,6 @@ class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
         """Back from standardised units to the stored image scale."""
         return y * self.image_std[:, None, None] + self.image_mean[:, None, None]
 
-    def design_matrix(self, batch_index: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(batch_index.view(-1).long(), self.n_batch).float()
-
-    @torch.no_grad()
-    def batch_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Calibrated probabilities ``(cells, n_batch_reference)`` of each seen batch."""
-        logits = self.z_predictor(self._normalise(x)[0])
-        return torch.softmax(logits / self.z_temperature, dim=-1)
-
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
         out = {"x": tensors["image"], "batch_index": tensors["batch"]}
         if self.conditional_adversary:
@@ -144,8 +135,7 @@ class ArmedImageModuleBase(AdversaryMixin, BaseModuleClass):
         z, features = self.encoder(x_in)
         if design is None:
             design = self.design_matrix(batch_index)
-        # Deterministic latents still report a variance for scvi helpers built on Normal(m, v).
-        out = {"z": z, "qzm": z, "qzv": torch.full_like(z, _DETERMINISTIC_VAR),
+        out = {"z": z, "qzm": z, "qzv": torch.full_like(z, DETERMINISTIC_VAR),
                "features": features, "x_in": x_in, "design": design}
         if labels is not None:
             out["labels"] = labels

@@ -68,11 +68,15 @@ def segment_nuclei(
                                    exclude_border=False)
     markers = np.zeros(plane.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    # Blobs without a peak (flat plateaus) still get one marker each.
+    # Blobs without a peak (flat plateaus) still get one marker each, at their centroid.
+    marked = np.zeros(blobs.max() + 1, dtype=bool)
+    marked[blobs[markers > 0]] = True
+    next_marker = len(peaks) + 1
     for region in measure.regionprops(blobs):
-        if not markers[blobs == region.label].any():
+        if not marked[region.label]:
             y, x = (int(round(c)) for c in region.centroid)
-            markers[y, x] = markers.max() + 1
+            markers[y, x] = next_marker
+            next_marker += 1
     return segmentation.watershed(-distance, markers, mask=mask).astype(np.int32)
 
 
@@ -161,7 +165,8 @@ def crop_objects(
 
     Returns
     -------
-    AnnData with ``.obsm[image_key]`` ``(n, C, crop, crop)`` in the fields' dtype, morphology
+    AnnData with ``.obsm[image_key]`` ``(n, C, crop, crop)`` in the fields' dtype (the common
+    type that holds every field's values when they differ), morphology
     and per-channel mean intensity in ``.X``, and ``obs`` columns ``field``, ``batch``,
     ``frame``, ``object``, ``centroid_y``, ``centroid_x``, ``touches_border``.
     """
@@ -193,13 +198,14 @@ def crop_objects(
         if isinstance(f, str | os.PathLike) and not Path(f).exists():
             raise FileNotFoundError(f"Field image {str(f)!r} ({name}) does not exist.")
 
-    crops, rows, feats = [], [], []
+    crops, rows, feats, dtypes = [], [], [], []
     n_channels = None
     half = crop_size // 2
     for f, name, b in tqdm(list(zip(fields, names, batches, strict=True)), desc="fields",
                            disable=not progress_bar):
         field = read_field(f) if isinstance(f, str | os.PathLike) else f
         frames = _as_frames(_check_field(field, name), name)
+        dtypes.append(frames.dtype)
         if n_channels is None:
             n_channels = frames.shape[1]
             if not 0 <= channel < n_channels:
@@ -237,7 +243,7 @@ def crop_objects(
         obs[col] = obs[col].astype(str).astype("category")
     x = np.asarray(feats, dtype=np.float32).reshape(len(rows), len(columns))
     adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=columns))
-    dtype = frames.dtype
+    dtype = np.result_type(*dtypes)  # fields of different dtypes: the one that holds them all
     adata.obsm[image_key] = (np.stack(crops).astype(dtype, copy=False) if crops else
                              np.zeros((0, n_channels, crop_size, crop_size), dtype=dtype))
     adata.uns["crop_objects"] = {"crop_size": int(crop_size), "channel": int(channel),
