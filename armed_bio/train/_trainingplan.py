@@ -120,6 +120,25 @@ class ArmedTrainingPlan(TrainingPlan):
                  sync_dist=self.use_sync_dist)
         self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
 
+    def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
+        """scvi's metric logging, with the extra metrics logged outside inference mode.
+
+        scvi-tools (1.4 and 1.5) runs ``compute_and_log_metrics`` under
+        ``torch.inference_mode``, so Lightning's accumulators of the extra metrics become
+        inference tensors; under DDP their epoch-end sync updates them in place and fails.
+        """
+        extra = loss_output.extra_metrics
+        loss_output.extra_metrics = {}
+        try:
+            super().compute_and_log_metrics(loss_output, metrics, mode)
+        finally:
+            loss_output.extra_metrics = extra
+        for key, value in extra.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                self.log(f"{key}_{mode}", value.detach(), on_step=self.on_step,
+                         on_epoch=self.on_epoch, batch_size=loss_output.n_obs_minibatch,
+                         sync_dist=self.use_sync_dist)
+
     def on_validation_epoch_end(self) -> None:
         # Manual optimisation: Lightning does not step schedulers for us.
         sch = self.lr_schedulers()
