@@ -190,7 +190,7 @@ class ArmedModelBase(ArmedInferenceMixin, UnsupervisedTrainingMixin, BaseModelCl
             "batch_categories": [str(c) for c in batch_state.categorical_mapping],
             "params": dict(self.init_params_["non_kwargs"]),
             "train": dict(self.train_params_),
-            "adversary_weight_final": self.module.current_adversary_weight(),
+            "adversary_weight_final": float(self.module.current_adversary_weight()),
             "obsm_keys": obsm_keys or {},
         }
         return _h5ad_safe(record)

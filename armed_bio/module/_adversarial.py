@@ -35,7 +35,7 @@ class AdversaryMixin:
 def adversary_penalty(
     logits: torch.Tensor,
     target: torch.Tensor,
-    weight: float,
+    weight: float | torch.Tensor,
     objective: str,
     prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -61,6 +61,7 @@ def adversary_penalty(
     metrics = {
         "adversary_ce": ce.detach(),
         "adversary_accuracy": (logits.argmax(-1) == target).float().mean().detach(),
-        "adversary_weight": torch.tensor(float(weight)),
+        # A tensor weight stays on its device: float() would wait for the GPU every step.
+        "adversary_weight": torch.as_tensor(weight, dtype=ce.dtype, device=ce.device).detach(),
     }
     return term, metrics

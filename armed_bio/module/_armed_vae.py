@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
@@ -354,12 +352,15 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             kl = kl + self.label_head.kl_divergence()
         return kl
 
-    def current_adversary_weight(self) -> float:
-        """``lambda_g`` before warm-up: a number, or the reconstruction-scaled ``"auto"``."""
+    def current_adversary_weight(self) -> float | torch.Tensor:
+        """``lambda_g`` before warm-up: a number, or the reconstruction-scaled ``"auto"``.
+
+        ``"auto"`` gives a 0-d tensor on the module's device (0 before the first training
+        step), so the training step never waits for the GPU to read it.
+        """
         if self.adversary_weight != "auto":
             return float(self.adversary_weight)
-        scale = float(self.reconstruction_scale)
-        return 0.0 if math.isnan(scale) else self.adversary_scale * scale
+        return self.adversary_scale * torch.nan_to_num(self.reconstruction_scale, nan=0.0)
 
     def loss(
         self,
@@ -397,11 +398,10 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
 
         if self.training:
             # Track the reconstruction scale that adversary_weight="auto" follows.
+            # torch.where, not an if on the tensor: no GPU sync per step.
             current = rec.mean().detach()
-            if torch.isnan(self.reconstruction_scale):
-                self.reconstruction_scale.copy_(current)
-            else:
-                self.reconstruction_scale.mul_(0.99).add_(0.01 * current)
+            scale = self.reconstruction_scale
+            scale.copy_(torch.where(torch.isnan(scale), current, 0.99 * scale + 0.01 * current))
 
         if self.has_adversary:
             logits = self.adversary(self.adversary_input(inference_outputs))
