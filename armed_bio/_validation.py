@@ -121,6 +121,47 @@ def _value_blocks(matrix):
         yield dense[start : start + rows].ravel()
 
 
+def _compressed_counts(data, indices, indptr, n_minor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zeros per major (row of CSR) and per minor index, a few thousand rows at a time."""
+    n_major = len(indptr) - 1
+    per_major = np.zeros(n_major, dtype=np.int64)
+    per_minor = np.zeros(n_minor, dtype=np.int64)
+    start = 0
+    while start < n_major:
+        stop = int(np.searchsorted(indptr, indptr[start] + SCAN_BLOCK, side="right")) - 1
+        stop = min(n_major, max(stop, start + 1))
+        lo, hi = int(indptr[start]), int(indptr[stop])
+        nz = np.asarray(data[lo:hi]) != 0
+        per_minor += np.bincount(np.asarray(indices[lo:hi])[nz], minlength=n_minor)
+        cum = np.concatenate([[0], np.cumsum(nz)])
+        bounds = np.asarray(indptr[start : stop + 1]) - lo
+        per_major[start:stop] = cum[bounds[1:]] - cum[bounds[:-1]]
+        start = stop
+    return per_major, per_minor
+
+
+def _nonzero_counts(matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Non-zero values per cell and per gene, without a copy of the matrix."""
+    if sparse.issparse(matrix):
+        if matrix.format not in ("csr", "csc"):
+            matrix = sparse.csr_matrix(matrix)
+        n_cells, n_genes = matrix.shape
+        if matrix.format == "csr":
+            return _compressed_counts(matrix.data, matrix.indices, matrix.indptr, n_genes)
+        per_gene, per_cell = _compressed_counts(matrix.data, matrix.indices, matrix.indptr,
+                                                n_cells)
+        return per_cell, per_gene
+    dense = np.asarray(matrix)
+    rows = max(1, SCAN_BLOCK // max(dense.shape[1], 1))
+    per_cell = np.zeros(dense.shape[0], dtype=np.int64)
+    per_gene = np.zeros(dense.shape[1], dtype=np.int64)
+    for start in range(0, dense.shape[0], rows):
+        nz = dense[start : start + rows] != 0
+        per_cell[start : start + rows] = nz.sum(axis=1)
+        per_gene += nz.sum(axis=0)
+    return per_cell, per_gene
+
+
 def _dtype(matrix) -> np.dtype:
     return np.asarray(matrix.data).dtype if sparse.issparse(matrix) else np.asarray(matrix).dtype
 
@@ -141,9 +182,7 @@ def check_matrix(matrix, where: str) -> None:
             f"{where} contains {n_bad} NaN or infinite values. Remove or impute them before "
             "fitting (e.g. `adata = adata[np.isfinite(...)]`), or point `layer=` at raw counts."
         )
-    nonzero = matrix != 0
-    per_cell = np.asarray(nonzero.sum(axis=1)).ravel()
-    per_gene = np.asarray(nonzero.sum(axis=0)).ravel()
+    per_cell, per_gene = _nonzero_counts(matrix)
     empty_cells = int((per_cell == 0).sum())
     if empty_cells:
         raise ValueError(

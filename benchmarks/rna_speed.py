@@ -24,7 +24,7 @@ import argparse
 import gc
 import json
 import logging
-import resource
+import math
 import subprocess
 import sys
 import time
@@ -151,7 +151,8 @@ def run_time(sizes: list[int], accelerator: str, stem: str, limit: int | None = 
                 if accelerator == "gpu":
                     torch.cuda.reset_peak_memory_stats()
                 res = fit(name, adata, epochs, accelerator, batch_size, **extra)
-                scale = 1.0 if limit is None else len(adata) * 0.9 / batch_size / limit
+                n_batches = math.ceil(math.ceil(0.9 * adata.n_obs) / batch_size)
+                scale = 1.0 if limit is None else n_batches / min(limit, n_batches)
                 row = {"n_cells": n, "model": name, "round": r, **res, "timed_batches": limit,
                        "epoch_s": res["epoch_seconds"][-1] * scale}
                 if accelerator == "gpu":
@@ -168,8 +169,8 @@ def run_time(sizes: list[int], accelerator: str, stem: str, limit: int | None = 
         f"Simulated sparse counts x {N_GENES} genes, {N_BATCHES} batches; batch size "
         f"{batch_size}; 90 % of the cells train (scvi's split; no validation pass); median "
         "seconds of the last epoch over alternating rounds; cells/s = training cells / s. "
-        + ("" if limit is None else f"Epochs timed on {limit} training batches, scaled to "
-           "the full epoch. ")
+        + ("" if limit is None else f"Epochs of more than {limit} training batches are timed "
+           f"on {limit} batches and scaled to the full epoch. ")
         +
         f"Torch threads: {torch.get_num_threads()}.\n",
         "| cells | ArmedRNA s/epoch | ArmedRNA fixed s/epoch | scVI s/epoch | ArmedRNA cells/s "
@@ -186,9 +187,14 @@ def run_time(sizes: list[int], accelerator: str, stem: str, limit: int | None = 
     write_results(stem, payload, "\n".join(lines) + "\n")
 
 
-def rss_gib() -> float:
+def status_gib(field: str) -> float:
+    """A memory field of /proc/self/status in GiB: VmRSS (now) or VmHWM (peak).
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork and exec, so a
+    child started by a large parent would report the parent's peak.
+    """
     with open("/proc/self/status") as fh:
-        kb = next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+        kb = next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
     return kb / 2**20
 
 
@@ -196,9 +202,9 @@ def memory_child(n: int, name: str) -> None:
     """One model in a fresh process: print RSS of the data alone and the peak after training."""
     torch.set_num_threads(1)
     adata = load(n)
-    data_gib = rss_gib()
+    data_gib = status_gib("VmRSS")
     fit(name, adata, 1, "cpu", limit_train_batches=200)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = status_gib("VmHWM")
     print("RESULT " + json.dumps({"n_cells": n, "model": name, "data_rss_gib": data_gib,
                                   "peak_rss_gib": peak}), flush=True)
 
@@ -218,7 +224,7 @@ def run_memory(sizes: list[int], stem: str) -> None:
         "# ArmedRNA vs scVI: peak resident memory (CPU)\n",
         "Each model trains 200 batches of 128 (for ArmedRNA followed by the Z-predictor's "
         "calibration on the 10 % held-out cells) in a fresh process; peak RSS "
-        "from the OS; 'data' = RSS after loading the sparse matrix.\n",
+        "(VmHWM) from the OS; 'data' = RSS after loading the sparse matrix.\n",
         "| cells | data GiB | ArmedRNA peak GiB | ArmedRNA fixed peak GiB | scVI peak GiB |",
         "|---|---|---|---|---|",
     ]

@@ -142,3 +142,22 @@ def test_bad_max_epochs(sim):
     ArmedRNA.setup_anndata(sim, batch_key="batch")
     with pytest.raises(ValueError, match="max_epochs"):
         ArmedRNA(sim).train(max_epochs=0)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "dense"])
+def test_empty_gene_and_cell_checks_scan_blocks_without_copies(sim, fmt, monkeypatch):
+    from armed_bio import _validation
+
+    # Blocks smaller than one cell's stored values: every block boundary case is crossed.
+    monkeypatch.setattr(_validation, "SCAN_BLOCK", 7)
+    x = sparse.csr_matrix(sim.X, copy=True)
+    x[:, 5] = 0  # stored zeros in CSR: an empty gene all the same
+    matrix = x.toarray() if fmt == "dense" else x.asformat(fmt)
+    with pytest.raises(ValueError, match="1 empty genes"):
+        _validation.check_matrix(matrix, "adata.X")
+    dense = x.toarray()
+    dense[:, 5] = 1
+    dense[[4, 9], :] = 0
+    matrix = dense if fmt == "dense" else sparse.csr_matrix(dense).asformat(fmt)
+    with pytest.raises(ValueError, match="2 empty cells"):
+        _validation.check_matrix(matrix, "adata.X")
