@@ -178,10 +178,27 @@ def run_score(datasets, seeds) -> None:
                 "cluster_scores": clusters.reset_index().to_dict(orient="records"),
                 "facts": facts, "score_seconds": time.perf_counter() - t0, "machine": machine(),
             }
+            out = RUNS / f"{dataset}__seed{seed}.json"
+            if out.exists():  # keep earlier scores of embeddings no longer in the cache
+                payload = merge_runs(json.loads(out.read_text()), payload)
             RUNS.mkdir(parents=True, exist_ok=True)
-            (RUNS / f"{dataset}__seed{seed}.json").write_text(json.dumps(payload, indent=2))
+            out.write_text(json.dumps(payload, indent=2))
             wide = table.pivot(index="embedding", columns="metric", values="value")
             print(dataset, seed, wide[list(TOTALS)], flush=True)
+
+
+def merge_runs(old: dict, new: dict) -> dict:
+    """Scores of ``new`` replace those of the same embeddings in ``old``; the rest of ``old`` stays.
+
+    Every scIB metric and cluster score is computed per embedding (raw, not min-max scaled across
+    methods), so a variant scored later is comparable with the methods scored before it.
+    """
+    scored = {r["embedding"] for r in new["scib"]} | {r["embedding"] for r in new["cluster_scores"]}
+    merged = dict(new)
+    for part in ("scib", "cluster_scores"):
+        merged[part] = [r for r in old[part] if r["embedding"] not in scored] + new[part]
+    merged["facts"] = {**{k: v for k, v in old["facts"].items() if k not in scored}, **new["facts"]}
+    return merged
 
 
 def collect() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
