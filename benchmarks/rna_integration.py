@@ -12,7 +12,9 @@ method) and each seed, embeds the cells with
 
 then scores every embedding with the scIB suite (``armed_bio.metrics.scib``) and scMEDAL's
 cluster scores (``armed_bio.metrics.cluster_scores``). Variants for tuning are written
-``armed@adversary_scale=0.03,adversary_objective=confusion`` (model keyword arguments).
+``armed@adversary_scale=0.03,adversary_objective=confusion`` (model keyword arguments;
+``max_epochs`` and ``batch_size`` go to ``train``, ``lr`` and ``adversary_lr`` to its
+``plan_kwargs``).
 
 Embeddings are cached in ``benchmarks/.cache/`` (not committed) so that methods and seeds can
 run in parallel processes; scores of each dataset and seed go to
@@ -114,6 +116,9 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
     if base in ("armed", "armed_fixed"):
         mode = "fixed" if base == "armed_fixed" else kwargs.pop("mode", "mixed")
         train_kwargs = {k: kwargs.pop(k) for k in ("max_epochs", "batch_size") if k in kwargs}
+        plan_kwargs = {k: kwargs.pop(k) for k in ("lr", "adversary_lr") if k in kwargs}
+        if plan_kwargs:
+            train_kwargs["plan_kwargs"] = plan_kwargs
         labels = kwargs.pop("labels", False)
         ArmedRNA.setup_anndata(a, batch_key="batch", labels_key="cell_type" if labels else None)
         model = ArmedRNA(a, mode=mode, seed=seed, **kwargs)
