@@ -60,8 +60,8 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         ``lambda_F``: weight of the FE-only (``Z = 0``) reconstruction in ``"mixed"`` mode.
         The published code weighs it like the mixed-effects reconstruction (1.0); here the
         default is 0.2 because that term rewards ``z_FE`` for carrying the batch (see
-        ``generative``): on Kang and CellBench, 1.0 -> 0.2 raised scIB batch correction
-        0.67 -> 0.72 and 0.63 -> 0.81 at the same bio conservation on Kang (0.86) and
+        ``generative``): 1.0 -> 0.2 raised scIB batch correction 0.67 -> 0.72 on Kang and
+        0.63 -> 0.81 on CellBench, while bio conservation stayed at 0.86 on Kang and fell
         0.872 -> 0.851 on CellBench; 0.1 lost more biology (CellBench 0.78 +- 0.04).
     detach_fe_reconstruction
         Let the FE-only reconstruction train the decoder but not the encoder. Removes very
