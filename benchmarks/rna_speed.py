@@ -15,7 +15,8 @@ data alone.
         --threads 4 --limit-train-batches 2000 --stem rna_speed_gpu
 
 Simulated matrices are cached in ``benchmarks/.cache/rna_speed/`` (not committed).
-Writes results/<stem>.{json,md} (``rna_speed`` by default; memory runs add ``_memory``).
+Writes results/<stem>.{json,md} (``rna_speed`` by default; memory runs add ``_memory``) and
+the figure results/<stem>_scaling.png (``plot`` redraws it from the stored JSON).
 """
 
 from __future__ import annotations
@@ -235,10 +236,42 @@ def run_memory(sizes: list[int], stem: str) -> None:
     write_results(f"{stem}_memory", {"runs": rows, "machine": machine()}, "\n".join(lines) + "\n")
 
 
+LABELS = {"armed": "ArmedRNA", "armed_fixed": "ArmedRNA fixed", "scvi": "scVI"}
+
+
+def plot_scaling(stem: str) -> None:
+    """Seconds per epoch and peak memory against the number of cells, from the stored JSON."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = Path(__file__).resolve().parent / "results"
+    speed = json.loads((results / f"{stem}.json").read_text())["median_epoch_s"]
+    memory = pd.DataFrame(json.loads((results / f"{stem}_memory.json").read_text())["runs"])
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for name in MODELS:
+        n = sorted(int(k) for k in speed[name])
+        ax_t.plot(n, [speed[name][str(k)] for k in n], "o-", label=LABELS[name])
+        g = memory[memory["model"] == name].sort_values("n_cells")
+        ax_m.plot(g["n_cells"], g["peak_rss_gib"], "o-", label=LABELS[name])
+    data = memory.groupby("n_cells")["data_rss_gib"].mean()
+    ax_m.plot(data.index, data.to_numpy(), "k--", label="the data alone")
+    ax_t.set(xscale="log", yscale="log", xlabel="cells (x 2,000 genes, sparse)",
+             ylabel="seconds per epoch (1 CPU thread)", title="time per epoch")
+    ax_m.set(xscale="log", xlabel="cells (x 2,000 genes, sparse)", ylabel="peak RSS (GiB)",
+             title="peak resident memory")
+    for ax in (ax_t, ax_m):
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / f"{stem}_scaling.png", dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", nargs="?", default="all",
-                        choices=["all", "time", "memory", "memory-child"])
+                        choices=["all", "time", "memory", "plot", "memory-child"])
     parser.add_argument("--sizes", nargs="+", type=int, default=SIZES)
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
@@ -256,6 +289,8 @@ def main() -> None:
                  args.batch_size)
     if args.step in ("all", "memory"):
         run_memory(args.sizes, args.stem)
+    if args.step in ("all", "plot"):
+        plot_scaling(args.stem)
 
 
 if __name__ == "__main__":
