@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from conftest import FAST
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import silhouette_score
@@ -61,3 +62,32 @@ def test_strong_setting_removes_batch_versus_random_mode():
     assert silhouette_score(z_mixed, types) > silhouette_score(z_random, types)
     # and the RE latent of the same model carries the batch.
     assert knn_batch_accuracy(mixed.get_latent_representation(kind="re"), batches) > 0.95
+
+
+def test_label_conditional_adversary_in_rna(tmp_path):
+    """With labels the adversary sees z_FE and the label; its prior is p(batch | label)."""
+    adata = ab.datasets.simulate_counts(n_cells=300, n_genes=60, n_batches=3, n_cell_types=3,
+                                        seed=2)
+    # type_2 only in batch_0: the label alone tells the batch for those cells.
+    adata = adata[~((adata.obs["cell_type"] == "type_2")
+                    & (adata.obs["batch"] != "batch_0")).to_numpy()].copy()
+    ArmedRNA.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    model = ArmedRNA(adata, seed=0)
+    module = model.module
+    assert module.conditional_adversary
+    table = pd.crosstab(adata.obs["cell_type"], adata.obs["batch"], normalize="index")
+    np.testing.assert_allclose(module.batch_given_label.numpy(), table.to_numpy(), atol=1e-6)
+    assert module.batch_given_label[2].tolist() == [1.0, 0.0, 0.0]
+    assert module.adversary.net[0].in_features == 10 + 3  # z_FE + one-hot label
+    model.train(max_epochs=2, seed=0, **FAST)
+    assert np.isfinite(model.history["adversary_ce_train"].to_numpy(dtype=float)).all()
+    model.save(tmp_path / "m")
+    loaded = ArmedRNA.load(tmp_path / "m", adata=adata)
+    np.testing.assert_allclose(loaded.module.batch_given_label.numpy(), table.to_numpy(),
+                               atol=1e-6)
+
+    unconditional = ArmedRNA(adata, seed=0, conditional_adversary=False).module
+    assert not unconditional.conditional_adversary
+    assert unconditional.adversary.net[0].in_features == 10
+    ArmedRNA.setup_anndata(adata, batch_key="batch")  # no labels: nothing to condition on
+    assert not ArmedRNA(adata, seed=0).module.conditional_adversary

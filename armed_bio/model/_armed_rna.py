@@ -69,6 +69,11 @@ class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
         Prior s.d. of the hidden FiLM and per-gene output random effects.
     classification_weight
         Weight of the label heads' cross-entropy (only with ``labels_key``).
+    conditional_adversary
+        With ``labels_key``, the adversary is told each cell's label and must find the batch
+        beyond it: ``z_FE`` is made independent of the batch *given* the cell type, so a cell
+        type missing from some batches is not erased with the batch. Off: the adversary sees
+        ``z_FE`` alone, as without labels.
     seed
         Seed for weight initialisation.
 
@@ -105,6 +110,7 @@ class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
         classification_weight: float = 1.0,
+        conditional_adversary: bool = True,
         seed: int = 0,
     ):
         check.check_anndata(adata)
@@ -137,7 +143,9 @@ class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
             output_prior_sd=output_prior_sd,
             n_labels=self.summary_stats.n_labels if has_labels else 0,
             classification_weight=classification_weight,
+            conditional_adversary=conditional_adversary,
         )
+        self._fit_batch_given_label()
         batch_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
         # Batches with random effects, in code order; adapt() appends new ones.
         self.batch_categories_: list = list(batch_state.categorical_mapping)

@@ -53,6 +53,21 @@ class ArmedModelBase(ArmedInferenceMixin, UnsupervisedTrainingMixin, BaseModelCl
     def _check_saved_inputs(cls, adata: AnnData, saved_names: list[str]) -> None:
         raise NotImplementedError
 
+    def _fit_batch_given_label(self) -> None:
+        """``p(batch | label)`` of the training cells into the module's buffer (for the
+        label-conditional adversary; saved with the weights). No-op without labels."""
+        module = self.module
+        if not getattr(module, "conditional_adversary", False):
+            return
+        batch = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY))
+        label = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY))
+        n_labels, n_batch = module.batch_given_label.shape
+        counts = np.zeros((n_labels, n_batch))
+        np.add.at(counts, (label.ravel().astype(int), batch.ravel().astype(int)), 1.0)
+        prior = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+        prior[counts.sum(1) == 0] = 1.0 / n_batch
+        module.batch_given_label.copy_(torch.as_tensor(prior, dtype=torch.float32))
+
     # ------------------------------------------------------------------ training
     def train(
         self,

@@ -85,14 +85,7 @@ class ArmedImageModelBase(ArmedModelBase):
 
         Both go into the module's buffers, so they are saved with the weights.
         """
-        if self.module.n_labels > 0:
-            batch = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY))
-            label = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY))
-            counts = np.zeros((self.module.n_labels, self.module.n_batch))
-            np.add.at(counts, (label.ravel().astype(int), batch.ravel().astype(int)), 1.0)
-            prior = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
-            prior[counts.sum(1) == 0] = 1.0 / self.module.n_batch
-            self.module.batch_given_label.copy_(torch.as_tensor(prior, dtype=torch.float32))
+        self._fit_batch_given_label()
         images = self.adata.obsm[self.registry_["setup_args"]["image_key"]]
         total = np.zeros(images.shape[1])
         total_sq = np.zeros(images.shape[1])

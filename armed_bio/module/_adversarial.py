@@ -19,7 +19,40 @@ def check_objective(objective: str) -> str:
 
 
 class AdversaryMixin:
-    """Needs ``self.adversary`` (a classifier) and ``self.adversary_input(inference_outputs)``."""
+    """Needs ``self.adversary`` (a classifier) and ``self.adversary_input(inference_outputs)``.
+
+    With labels the adversary can be label-conditional (:meth:`init_label_conditioning`): it
+    is told each cell's label and must find the batch beyond it, so the FE latent is pushed
+    towards independence of the batch *given* the label. Where labels and batches are
+    confounded (a cell type missing from some batches), an unconditional adversary erases the
+    label along with the batch.
+    """
+
+    def init_label_conditioning(self, conditional: bool, n_labels: int, n_batch: int) -> None:
+        """Set ``conditional_adversary`` and the ``p(batch | label)`` buffer (saved with the
+        weights; the model fills it from its training cells)."""
+        self.conditional_adversary = bool(conditional) and n_labels > 0
+        self.register_buffer("batch_given_label",
+                             torch.full((max(n_labels, 1), n_batch), 1.0 / n_batch))
+
+    @property
+    def n_adversary_label_inputs(self) -> int:
+        """Extra adversary inputs: the one-hot label when the adversary is conditional."""
+        return self.batch_given_label.shape[0] if self.conditional_adversary else 0
+
+    def with_label(self, h: torch.Tensor, inference_outputs: dict) -> torch.Tensor:
+        """``h`` with the one-hot label appended when the adversary is conditional."""
+        if not self.conditional_adversary:
+            return h
+        labels = inference_outputs["labels"].view(-1).long()
+        one_hot = F.one_hot(labels, self.batch_given_label.shape[0]).to(h.dtype)
+        return torch.cat([h, one_hot], dim=-1)
+
+    def adversary_prior(self, inference_outputs: dict) -> torch.Tensor | None:
+        """Per-cell ``p(batch | label)`` for the conditional ``"confusion"`` objective."""
+        if not self.conditional_adversary:
+            return None
+        return self.batch_given_label[inference_outputs["labels"].view(-1).long()]
 
     def adversary_loss(
         self, inference_outputs: dict, batch_index: torch.Tensor

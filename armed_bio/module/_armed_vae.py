@@ -75,6 +75,9 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
     n_labels
         Number of cell labels; ``> 0`` adds an FE label head on ``z_FE`` and a mixed-effects
         label head (random slopes and intercept per batch).
+    conditional_adversary
+        With labels, tell the adversary each cell's label, so that ``z_FE`` is pushed to be
+        independent of the batch *given* the label (see :class:`AdversaryMixin`).
     classification_weight
         Weight of the label heads' cross-entropy.
     """
@@ -101,6 +104,7 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         output_prior_sd: float = 1.0,
         n_labels: int = 0,
         classification_weight: float = 1.0,
+        conditional_adversary: bool = True,
     ):
         super().__init__()
         if mode not in MODES:
@@ -121,6 +125,7 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         self.n_batch_reference = n_batch
         self.n_labels = n_labels
         self.classification_weight = classification_weight
+        self.init_label_conditioning(conditional_adversary, n_labels, n_batch)
         self.mode = mode
         self.likelihood = likelihood
         self.n_latent = n_latent_fe
@@ -149,6 +154,7 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             self.log_theta = nn.Parameter(torch.zeros(n_input))
         if self.has_adversary:
             n_adv_in = n_latent_fe + (n_hidden * n_layers if adversary_on == "all" else 0)
+            n_adv_in += self.n_adversary_label_inputs
             self.adversary = Classifier(n_adv_in, n_batch, n_hidden=64)
         if self.has_random_encoder:
             self.re_encoder = RandomEffectsEncoder(
@@ -222,7 +228,10 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
 
     # ------------------------------------------------------------------ inference
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {"x": tensors["X"], "batch_index": tensors["batch"]}
+        out = {"x": tensors["X"], "batch_index": tensors["batch"]}
+        if self.conditional_adversary:
+            out["labels"] = tensors["labels"]
+        return out
 
     @auto_move_data
     def inference(
@@ -231,11 +240,13 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         batch_index: torch.Tensor,
         n_samples: int = 1,
         design: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode ``x`` into ``z_FE`` (and ``z_RE`` when the mode has an RE encoder).
 
         ``design`` overrides the one-hot batch membership used by the RE encoder (soft or
-        zero ``Z`` for unseen clusters).
+        zero ``Z`` for unseen clusters). ``labels`` only pass through, for the
+        label-conditional adversary.
         """
         x_in, library = self._normalise(x)
         z, hidden = self.encoder(x_in)
@@ -250,6 +261,8 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             "library": library,
             "design": design,
         }
+        if labels is not None:
+            out["labels"] = labels
         if self.has_random_encoder:
             # Detached: the RE path learns batch structure without pulling it into the FE trunk.
             out["z_re"] = self.re_encoder(hidden[0].detach(), design)
@@ -345,8 +358,8 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         """The FE activations the adversary sees (latent, or every encoder layer)."""
         z = inference_outputs["z"]
         if self.adversary_on == "all":
-            return torch.cat([*inference_outputs["hidden"], z], dim=-1)
-        return z
+            z = torch.cat([*inference_outputs["hidden"], z], dim=-1)
+        return self.with_label(z, inference_outputs)
 
     def random_effects_kl(self) -> torch.Tensor:
         """Analytic KL of every random-effect posterior against its prior (a scalar)."""
@@ -412,7 +425,8 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             logits = self.adversary(self.adversary_input(inference_outputs))
             weight = self.current_adversary_weight() * adversary_warmup
             term, adv_metrics = adversary_penalty(
-                logits, target, weight, self.adversary_objective
+                logits, target, weight, self.adversary_objective,
+                self.adversary_prior(inference_outputs),
             )
             loss = loss + term
             metrics.update(adv_metrics)

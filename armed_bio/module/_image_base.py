@@ -57,13 +57,7 @@ class ArmedImageModuleBase(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
                 f"adversary_weight must be a number >= 0, got {adversary_weight!r}."
             )
         self.augment = bool(augment)
-        # With labels, the adversary is told each cell's label and must find the batch beyond
-        # it (z independent of batch *given* the label): where labels and batches are
-        # confounded, an unconditional adversary would erase the label along with the batch.
-        self.conditional_adversary = bool(conditional_adversary) and n_labels > 0
-        # p(batch | label) of the training cells: the adversary's best guess from the label.
-        self.register_buffer("batch_given_label",
-                             torch.full((max(n_labels, 1), n_batch), 1.0 / n_batch))
+        self.init_label_conditioning(conditional_adversary, n_labels, n_batch)
         self.n_channels = n_channels
         self.image_size = tuple(int(s) for s in image_size)
         self.n_batch = n_batch
@@ -81,7 +75,7 @@ class ArmedImageModuleBase(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
 
     def _build_adversary(self, n_features: int) -> None:
         if self.has_adversary:
-            n_in = n_features + (self.n_labels if self.conditional_adversary else 0)
+            n_in = n_features + self.n_adversary_label_inputs
             self.adversary = Classifier(n_in, self.n_batch, n_hidden=64)
 
     @property
@@ -111,10 +105,7 @@ class ArmedImageModuleBase(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
 
     def adversary_input(self, inference_outputs: dict) -> torch.Tensor:
         h = pooled_features(inference_outputs["features"], inference_outputs["z"])
-        if self.conditional_adversary:
-            labels = inference_outputs["labels"].view(-1).long()
-            h = torch.cat([h, F.one_hot(labels, self.n_labels).float()], dim=-1)
-        return h
+        return self.with_label(h, inference_outputs)
 
     def _encode(
         self,
@@ -148,9 +139,7 @@ class ArmedImageModuleBase(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         if not self.has_adversary:
             return torch.zeros((), device=target.device)
         logits = self.adversary(self.adversary_input(inference_outputs))
-        prior = None
-        if self.conditional_adversary:
-            prior = self.batch_given_label[inference_outputs["labels"].view(-1).long()]
+        prior = self.adversary_prior(inference_outputs)
         term, adv = adversary_penalty(logits, target, self.adversary_weight * warmup,
                                       self.adversary_objective, prior)
         metrics.update(adv)
