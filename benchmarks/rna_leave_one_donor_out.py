@@ -125,7 +125,7 @@ def main() -> None:
         armed = run_armed(ref, query)
         scanvi = json.loads(path.read_text())["scanvi"] if armed_only else run_scanvi(ref, query)
         fold = {"held_out": donor, "n_query": query.n_obs, "armed": armed, "scanvi": scanvi}
-        (FOLDS / f"{donor}.json").write_text(json.dumps(fold, indent=2, default=float))
+        path.write_text(json.dumps(fold, indent=2, default=float))
         print(donor, armed["fe_accuracy"], armed["me_accuracy"], scanvi["accuracy"], flush=True)
     missing = [d for d in donors if not (FOLDS / f"{d}.json").exists()]
     if missing:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import scvi
 import torch
-from _common import EpochTimer, machine, write_results
+from _common import RESULTS, EpochTimer, machine, write_results
 from scipy import sparse
 
 from armed_bio.model import ArmedRNA
@@ -246,9 +246,8 @@ def plot_scaling(stem: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = Path(__file__).resolve().parent / "results"
-    speed = json.loads((results / f"{stem}.json").read_text())["median_epoch_s"]
-    memory = pd.DataFrame(json.loads((results / f"{stem}_memory.json").read_text())["runs"])
+    speed = json.loads((RESULTS / f"{stem}.json").read_text())["median_epoch_s"]
+    memory = pd.DataFrame(json.loads((RESULTS / f"{stem}_memory.json").read_text())["runs"])
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(9, 3.6))
     for name in MODELS:
         n = sorted(int(k) for k in speed[name])
@@ -264,7 +263,7 @@ def plot_scaling(stem: str) -> None:
     for ax in (ax_t, ax_m):
         ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
-    fig.savefig(results / f"{stem}_scaling.png", dpi=120)
+    fig.savefig(RESULTS / f"{stem}_scaling.png", dpi=120)
     plt.close(fig)
 
 
