@@ -35,7 +35,7 @@ from sklearn.model_selection import cross_val_score
 
 import armed_bio as ab
 from armed_bio.model import ArmedImage, ArmedImageClassifier
-from armed_bio.model._routes import normalised_entropy
+from armed_bio.model._query import normalised_entropy
 
 torch.set_num_threads(1)
 logging.getLogger("armed_bio").setLevel(logging.WARNING)
@@ -81,7 +81,7 @@ def fit(train: ad.AnnData, seed: int = SEED, **kwargs) -> tuple[ArmedImageClassi
 
 
 def scores(model, test: ad.AnnData, kind: str) -> dict:
-    proba = model.predict(test, kind=kind, soft=True)
+    proba = model.predict(test, head=kind, soft=True)
     truth = test.obs["label"].astype(str).to_numpy()
     pred = proba.columns.to_numpy()[proba.to_numpy().argmax(1)]
     out = {"accuracy": accuracy_score(truth, pred)}

@@ -33,7 +33,7 @@ from _common import RESULTS, SHARED, machine, write_results
 from sklearn.metrics import balanced_accuracy_score
 
 from armed_bio.model import ArmedRNA
-from armed_bio.model._routes import normalised_entropy
+from armed_bio.model._query import normalised_entropy
 
 SEED = 0
 BATCH, LABEL = "batch", "cell_type"
@@ -72,7 +72,7 @@ def run_armed(ref: ad.AnnData, query: ad.AnnData) -> dict:
            "fraction_z_zero": float((entropy > model.entropy_threshold).mean()),
            "mean_soft_z": proba.mean().round(3).to_dict()}
     for kind in ("fe", "me"):
-        pred = model.predict(query, kind=kind).astype(str)
+        pred = model.predict(query, head=kind).astype(str)
         out[f"{kind}_accuracy"] = float((pred == truth).mean())
         out[f"{kind}_balanced_accuracy"] = float(balanced_accuracy_score(truth, pred))
     return out

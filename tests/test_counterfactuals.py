@@ -33,7 +33,7 @@ def test_batch_free_expression_is_the_z_zero_decode(model):
     x = torch.as_tensor(adata.X.toarray())
     with torch.no_grad():
         inf = model.module.inference(x, None, design=torch.zeros(adata.n_obs, 3))
-        eta = model.module.generative(inf["z"], inf["library"], None, fixed_effects_only=True)
+        eta = model.module.generative(inf["z"], inf["library"], None)
     expected = torch.softmax(eta["eta_fe"], -1).numpy() * 1e4
     np.testing.assert_allclose(result.to_numpy(), expected, rtol=1e-4)
 

@@ -12,7 +12,7 @@ from conftest import FAST
 
 import armed_bio as ab
 from armed_bio.model import ArmedImage, ArmedImageClassifier
-from armed_bio.module._adversarial import adversary_penalty
+from armed_bio.module import adversary_penalty
 
 
 def _crops_with_truth(seed: int = 0, n_fields: int = 6, n_batches: int = 3):
@@ -54,11 +54,11 @@ def autoencoder(crops):
 
 
 def test_classifier_learns_and_predicts_in_category_order(classifier, crops):
-    proba = classifier.predict(crops, kind="me", soft=True)
+    proba = classifier.predict(crops, head="me", soft=True)
     assert list(proba.columns) == list(crops.obs["phenotype"].cat.categories)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
     for kind in ("fe", "me"):
-        acc = (classifier.predict(crops, kind=kind) == crops.obs["phenotype"].to_numpy()).mean()
+        acc = (classifier.predict(crops, head=kind) == crops.obs["phenotype"].to_numpy()).mean()
         assert acc > 0.8, kind  # small vs large nuclei: easy once trained
     # Random slopes and intercepts were trained (the reference ME-CNN never updated them).
     assert classifier.module.label_head.intercept.loc.abs().sum() > 0
@@ -82,13 +82,13 @@ def test_unseen_plate_takes_the_z_predictor_route(classifier, crops, caplog):
     query = crops.copy()
     query.obs["batch"] = "plate_never_seen"
     with caplog.at_level(logging.INFO, logger="armed_bio"):
-        proba = classifier.predict(query, kind="me", soft=True)
+        proba = classifier.predict(query, head="me", soft=True)
     assert "unseen batches ['plate_never_seen']" in caplog.text
     assert np.isfinite(proba.to_numpy()).all()
     classifier.entropy_threshold = 0.0  # every unseen crop on Z = 0: ME equals FE
     try:
-        np.testing.assert_allclose(classifier.predict(query, kind="me", soft=True),
-                                   classifier.predict(query, kind="fe", soft=True), atol=1e-6)
+        np.testing.assert_allclose(classifier.predict(query, head="me", soft=True),
+                                   classifier.predict(query, head="fe", soft=True), atol=1e-6)
     finally:
         classifier.entropy_threshold = 0.5
 
@@ -100,14 +100,14 @@ def test_plain_cnn_has_no_adversary_and_no_random_effects(crops):
     assert not plain.module.has_adversary and not plain.module.has_random_effects
     assert "plain CNN" in plain._model_summary_string
     with pytest.raises(ValueError, match="mixed-effects head needs random effects"):
-        plain.predict(adata, kind="me")
+        plain.predict(adata, head="me")
 
 
 def test_classifier_save_load_roundtrip(classifier, crops, tmp_path):
     classifier.save(tmp_path / "m", save_anndata=True)
     loaded = ArmedImageClassifier.load(tmp_path / "m")
-    np.testing.assert_allclose(loaded.predict(crops, kind="me", soft=True),
-                               classifier.predict(crops, kind="me", soft=True), atol=1e-6)
+    np.testing.assert_allclose(loaded.predict(crops, head="me", soft=True),
+                               classifier.predict(crops, head="me", soft=True), atol=1e-6)
     assert float(loaded.module.z_temperature) == float(classifier.module.z_temperature)
     np.testing.assert_allclose(loaded.module.image_std, classifier.module.image_std)
 

@@ -36,10 +36,10 @@ def test_classifier_on_real_crops_with_an_unseen_plate(bbbc021, tmp_path):
     model = ArmedImageClassifier(train, seed=0)
     model.train(max_epochs=8, seed=0, **FAST)
     query = bbbc021[is_held].copy()
-    pred = model.predict(query, kind="me")
+    pred = model.predict(query, head="me")
     assert (pred == "DMSO").mean() > 0.7
     seen = bbbc021[test_mixed].copy()
-    proba = model.predict(seen, kind="fe", soft=True)["Protein synthesis"]
+    proba = model.predict(seen, head="fe", soft=True)["Protein synthesis"]
     assert roc_auc_score(seen.obs["label"] == "Protein synthesis", proba) > 0.8
     out = model.write_to_adata(query)
     out.write_h5ad(tmp_path / "annotated.h5ad")

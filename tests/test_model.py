@@ -25,7 +25,7 @@ def test_modes_and_likelihoods_train(sim, mode, likelihood):
         sc.pp.log1p(sim, layer="log")
     layer = "log" if likelihood == "gaussian" else None
     ArmedRNA.setup_anndata(sim, batch_key="batch", layer=layer)
-    model = ArmedRNA(sim, mode=mode, likelihood=likelihood, n_latent_fe=4, n_latent_re=3)
+    model = ArmedRNA(sim, mode=mode, likelihood=likelihood, n_latent=4, n_latent_re=3)
     model.train(max_epochs=2, **FAST)
     fe = model.get_latent_representation(kind="fe")
     assert fe.shape == (sim.n_obs, 4)

@@ -8,7 +8,7 @@ from armed_bio.nn import FiLM, MixedEffectsClassifier, RandomEffect
 
 def _layer(seed=0):
     torch.manual_seed(seed)
-    layer = RandomEffect(n_clusters=4, n_features=6, prior_sd=0.3)
+    layer = RandomEffect(n_batch=4, n_features=6, prior_sd=0.3)
     with torch.no_grad():
         layer.loc.normal_(0, 0.5)
         layer.raw_scale.normal_(-1, 0.5)
@@ -68,14 +68,14 @@ def test_gradients_reach_posterior_mean_and_scale():
     assert layer.raw_scale.grad.abs().sum() > 0
 
 
-def test_add_clusters_keeps_old_rows_and_starts_new_ones_where_asked():
+def test_add_batches_keeps_old_rows_and_starts_new_ones_where_asked():
     layer = _layer()
     with torch.no_grad():
         layer.loc.normal_()
     old_loc, old_scale = layer.loc.detach().clone(), layer.scale.detach().clone()
     init = torch.tensor([[0.5, 0.5, 0.0, 0.0]]) @ old_loc
-    layer.add_clusters(init)
-    assert layer.n_clusters == 5 and layer.loc.shape == (5, layer.n_features)
+    layer.add_batches(init)
+    assert layer.n_batch == 5 and layer.loc.shape == (5, layer.n_features)
     torch.testing.assert_close(layer.loc[:4].detach(), old_loc)
     torch.testing.assert_close(layer.scale[:4].detach(), old_scale)
     torch.testing.assert_close(layer.loc[4].detach(), 0.5 * (old_loc[0] + old_loc[1]))
@@ -84,7 +84,7 @@ def test_add_clusters_keeps_old_rows_and_starts_new_ones_where_asked():
 
 def test_mixed_effects_classifier_equals_fe_head_with_zero_z():
     torch.manual_seed(0)
-    head = MixedEffectsClassifier(n_latent=6, n_labels=3, n_clusters=4).eval()
+    head = MixedEffectsClassifier(n_latent=6, n_labels=3, n_batch=4).eval()
     with torch.no_grad():
         for layer in (head.slopes, head.intercept):
             layer.loc.normal_()
@@ -93,7 +93,7 @@ def test_mixed_effects_classifier_equals_fe_head_with_zero_z():
     torch.testing.assert_close(fe, me)
     fe, me = head(z, torch.eye(4)[[0, 1, 2, 3, 0]])
     assert not torch.allclose(fe, me)
-    fe_only = MixedEffectsClassifier(n_latent=6, n_labels=3, n_clusters=0)
+    fe_only = MixedEffectsClassifier(n_latent=6, n_labels=3, n_batch=0)
     assert fe_only.kl_divergence() == 0
     a, b = fe_only(z, None)
     assert a is b

@@ -92,7 +92,7 @@ def test_unsure_cells_fall_back_to_z_zero(split, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="armed_bio"):
             z_re = model.get_latent_representation(query, kind="re")
-            me = model.predict(query, kind="me", soft=True)
+            me = model.predict(query, head="me", soft=True)
     finally:
         model.entropy_threshold = ab.model.ArmedRNA.entropy_threshold
     assert f"Z = 0 (fixed effects only) for {query.n_obs}" in caplog.text
@@ -124,8 +124,8 @@ def test_label_heads_predict_cell_types(split):
     _, model, query = split
     truth = query.obs["cell_type"].to_numpy()
     for kind in ("fe", "me"):
-        assert (model.predict(query, kind=kind) == truth).mean() > 0.9
-    soft = model.predict(query, kind="me", soft=True)
+        assert (model.predict(query, head=kind) == truth).mean() > 0.9
+    soft = model.predict(query, head="me", soft=True)
     assert list(soft.columns) == ["type_0", "type_1", "type_2"]
     np.testing.assert_allclose(soft.sum(1), 1.0, atol=1e-5)
     assert "label_accuracy_me_train" in model.history
@@ -142,8 +142,8 @@ def test_query_labels_with_unseen_categories_are_not_read(split):
 
 def test_predict_errors(split, sim):
     _, model, query = split
-    with pytest.raises(ValueError, match="kind must be 'fe' or 'me'"):
-        model.predict(query, kind="re")
+    with pytest.raises(ValueError, match="head must be 'fe' or 'me'"):
+        model.predict(query, head="re")
     ArmedRNA.setup_anndata(sim, batch_key="batch")
     unlabelled = ArmedRNA(sim)
     unlabelled.train(max_epochs=1, **FAST)

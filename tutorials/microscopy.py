@@ -95,6 +95,6 @@ ArmedImageClassifier.setup_anndata(seen, batch_key="batch", labels_key="phenotyp
 clf = ArmedImageClassifier(seen, channels=(16, 32, 32), seed=0)
 clf.train(max_epochs=args.epochs, batch_size=64, **train_kwargs)
 for kind in ("fe", "me"):
-    acc = (clf.predict(unseen, kind=kind) == unseen.obs["phenotype"].to_numpy()).mean()
+    acc = (clf.predict(unseen, head=kind) == unseen.obs["phenotype"].to_numpy()).mean()
     print(f"{kind.upper()} head accuracy on the unseen batch: {acc:.3f}")
 adata.write_h5ad(out / "microscopy_armed.h5ad")

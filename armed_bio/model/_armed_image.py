@@ -6,16 +6,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import scvi
 import torch
 from anndata import AnnData
 
 from .. import _validation as check
+from .._docs import module_parameters
 from ..module import ArmedImageModule
 from ..train import ArmedTrainingPlan
 from ._image_base import ArmedImageModelBase
 
 
+@module_parameters(ArmedImageModule, skip=("n_channels", "image_size", "n_batch", "n_labels"))
 class ArmedImage(ArmedImageModelBase):
     """Mixed-effects conv autoencoder of single-cell crops.
 
@@ -29,27 +30,7 @@ class ArmedImage(ArmedImageModelBase):
     ----------
     adata
         AnnData registered with :meth:`setup_anndata`; ``labels_key`` adds a phenotype head.
-    mode
-        ``"mixed"`` (default) or ``"fixed"`` (adversarial FE autoencoder, no random effects).
-    n_latent, n_latent_re
-        Sizes of ``z_FE`` and ``z_RE``.
-    channels, re_channels
-        Channels of the FE encoder/decoder blocks and of the RE encoder's blocks.
-    adversary_weight, adversary_objective
-        ``lambda_g`` and its form; ``0`` removes the adversary.
-    fe_reconstruction_weight
-        ``lambda_F``: weight of the batch-free reconstruction.
-    hidden_prior_sd, output_prior_sd
-        Prior s.d. of the FiLM and of the per-channel output random effects.
-    classification_weight
-        Weight of the phenotype head (only with ``labels_key``).
-    augment
-        Random flips and 90-degree rotations of the training crops (cells have no
-        orientation); off for data where orientation means something.
-    conditional_adversary
-        With labels, the adversary is told each crop's label and the FE side pushes it to
-        ``p(plate | label)``: the plate is removed from ``z_FE`` *given* the label, so a
-        phenotype confounded with plates (e.g. treated wells on some plates only) survives.
+    {module_parameters}
     seed
         Seed for weight initialisation.
     """
@@ -61,42 +42,20 @@ class ArmedImage(ArmedImageModelBase):
         self,
         adata: AnnData,
         mode: str = "mixed",
-        n_latent: int = 32,
-        n_latent_re: int = 8,
-        channels: tuple[int, ...] = (16, 32, 64, 64),
-        re_channels: tuple[int, ...] = (8, 16, 32),
-        adversary_weight: float = 1.0,
-        adversary_objective: str = "confusion",
-        fe_reconstruction_weight: float = 1.0,
-        hidden_prior_sd: float = 0.25,
-        output_prior_sd: float = 1.0,
-        classification_weight: float = 1.0,
-        augment: bool = True,
-        conditional_adversary: bool = True,
         seed: int = 0,
+        **module_kwargs: Any,
     ):
         check.check_anndata(adata)
         super().__init__(adata)
-        scvi.settings.seed = seed
-        n_channels, size, n_batch, n_labels = self._image_setup()
-        self.module = self._module_cls(
-            n_channels, size, n_batch, mode=mode, n_latent=n_latent, n_latent_re=n_latent_re,
-            channels=tuple(channels), re_channels=tuple(re_channels),
-            adversary_weight=adversary_weight, adversary_objective=adversary_objective,
-            fe_reconstruction_weight=fe_reconstruction_weight, hidden_prior_sd=hidden_prior_sd,
-            output_prior_sd=output_prior_sd, n_labels=n_labels,
-            classification_weight=classification_weight, augment=augment,
-            conditional_adversary=conditional_adversary,
-        )
-        self._fit_training_statistics()
-        self.batch_categories_: list = self._batch_categories()
+        module_kwargs = self._check_module_kwargs(module_kwargs)
+        self._build_image_module(seed, {"mode": mode, **module_kwargs})
+        module = self.module
         self._model_summary_string = (
-            f"ArmedImage (mode={mode}): images {self.image_shape}, {n_batch} batches, "
-            f"FE latent {n_latent}"
-            + (f", RE latent {n_latent_re}" if self.module.has_random_encoder else "")
-            + (f", {n_labels} labels" if n_labels else "")
+            f"ArmedImage (mode={mode}): images {self.image_shape}, {module.n_batch} batches, "
+            f"FE latent {module.n_latent}"
+            + (f", RE latent {module.n_latent_re}" if module.has_random_encoder else "")
+            + (f", {module.n_labels} labels" if module.n_labels else "")
         )
-        self.train_params_: dict[str, Any] = {}
         self.init_params_ = self._get_init_params(locals())
 
     @torch.inference_mode()
@@ -136,8 +95,7 @@ class ArmedImage(ArmedImageModelBase):
         code, what = self._decode_route(batch, observed, "Image")
         out = []
         for _, x, design, _ in self._cells(adata, indices, batch_size, what, observed):
-            z = self.module.encoder(self.module._normalise(x)[0])[0]
             if not observed:
                 design = self._decode_design(design, code)
-            out.append(self.module.render(z, design).cpu())
+            out.append(self.module.decode(self.module.encode_fe(x), design).cpu())
         return torch.cat(out).numpy()

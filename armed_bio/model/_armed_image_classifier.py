@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import scvi
 from anndata import AnnData
 
 from .. import _validation as check
+from .._docs import module_parameters
 from ..module import ArmedCNNModule
 from ..train import ArmedTrainingPlan
 from ._image_base import ArmedImageModelBase
 
 
+@module_parameters(ArmedCNNModule, skip=("n_channels", "image_size", "n_batch", "n_labels"))
 class ArmedImageClassifier(ArmedImageModelBase):
     """Mixed-effects CNN classifier of single-cell crops (ARMED's ME-CNN, AnnData-native).
 
@@ -26,26 +27,7 @@ class ArmedImageClassifier(ArmedImageModelBase):
     ----------
     adata
         AnnData registered with :meth:`setup_anndata` (``labels_key`` required).
-    mode
-        ``"mixed"`` (FE + ME heads, default) or ``"fixed"`` (FE head only).
-    n_latent
-        Size of the embedding written to ``.obsm["X_armed_fe"]``.
-    channels
-        Output channels of each stride-2 conv block (their number sets the depth).
-    adversary_weight
-        ``lambda_g``. ``mode="fixed", adversary_weight=0`` is a plain CNN with the same
-        backbone (the baseline of the benchmark).
-    adversary_objective
-        ``"confusion"`` (default) or ``"negative_ce"``.
-    prior_sd
-        Prior s.d. of the random slopes and intercepts.
-    augment
-        Random flips and 90-degree rotations of the training crops (cells have no
-        orientation); off for data where orientation means something.
-    conditional_adversary
-        With labels, the adversary is told each crop's label and the FE side pushes it to
-        ``p(plate | label)``: the plate is removed from ``z_FE`` *given* the label, so a
-        phenotype confounded with plates (e.g. treated wells on some plates only) survives.
+    {module_parameters}
     seed
         Seed for weight initialisation.
 
@@ -55,7 +37,7 @@ class ArmedImageClassifier(ArmedImageModelBase):
     ...                                    labels_key="label")
     >>> model = ArmedImageClassifier(adata)
     >>> model.train()
-    >>> model.predict(adata_query, kind="me", soft=True)
+    >>> model.predict(adata_query, head="me", soft=True)
     """
 
     _module_cls = ArmedCNNModule
@@ -66,31 +48,17 @@ class ArmedImageClassifier(ArmedImageModelBase):
         self,
         adata: AnnData,
         mode: str = "mixed",
-        n_latent: int = 32,
-        channels: tuple[int, ...] = (16, 32, 64, 64),
-        adversary_weight: float = 1.0,
-        adversary_objective: str = "confusion",
-        prior_sd: float = 0.25,
-        augment: bool = True,
-        conditional_adversary: bool = True,
         seed: int = 0,
+        **module_kwargs: Any,
     ):
         check.check_anndata(adata)
         super().__init__(adata)
-        scvi.settings.seed = seed
-        n_channels, size, n_batch, n_labels = self._image_setup()
-        self.module = self._module_cls(
-            n_channels, size, n_batch, n_labels, mode=mode, n_latent=n_latent,
-            channels=tuple(channels), adversary_weight=adversary_weight,
-            adversary_objective=adversary_objective, prior_sd=prior_sd, augment=augment,
-            conditional_adversary=conditional_adversary,
-        )
-        self._fit_training_statistics()
-        self.batch_categories_: list = self._batch_categories()
-        kind = "plain CNN" if mode == "fixed" and adversary_weight == 0 else f"mode={mode}"
+        module_kwargs = self._check_module_kwargs(module_kwargs)
+        self._build_image_module(seed, {"mode": mode, **module_kwargs})
+        module = self.module
+        kind = "plain CNN" if mode == "fixed" and not module.has_adversary else f"mode={mode}"
         self._model_summary_string = (
-            f"ArmedImageClassifier ({kind}): images {self.image_shape}, {n_batch} batches, "
-            f"{n_labels} labels, embedding {n_latent}"
+            f"ArmedImageClassifier ({kind}): images {self.image_shape}, {module.n_batch} "
+            f"batches, {module.n_labels} labels, embedding {module.n_latent}"
         )
-        self.train_params_: dict[str, Any] = {}
         self.init_params_ = self._get_init_params(locals())

@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Any
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
-import scvi
+import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 
 from .. import _validation as check
-from .._constants import MODES, Likelihood, Mode
+from .._chunks import iter_chunks
+from .._constants import NORMALISATION_TARGET, Likelihood, Mode
+from .._docs import module_parameters
 from ..module import ArmedVAEModule
-from ..train import ArmedTrainingPlan
-from ._adapt import adapt_model
+from ..train import ArmedTrainingPlan, QueryMinibatches, fit_new_batches
 from ._base import ArmedModelBase
-from ._expression import ArmedExpressionMixin
-from ._random_effects_table import gene_batch_variance, random_effects_table
+from ._query import UNSEEN, batch_codes, check_genes, check_query_matrix
+from ._random_effects import gene_batch_variance, random_effects_table
 
 logger = logging.getLogger(__name__)
 
+# Optimizer steps a default adaptation aims for, and its epoch cap.
+ADAPT_TARGET_STEPS = 400
+MAX_ADAPT_EPOCHS = 100
 
-class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
+
+@module_parameters(ArmedVAEModule, skip=("n_input", "n_batch", "n_labels"))
+class ArmedRNA(ArmedModelBase):
     """ARMED mixed-effects autoencoder for single-cell RNA-seq counts.
 
     One joint model: a fixed-effects (FE) encoder made batch-invariant by an adversary, a
@@ -36,44 +46,7 @@ class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
     ----------
     adata
         AnnData registered with :meth:`setup_anndata`.
-    mode
-        ``"mixed"`` (full ARMED), ``"fixed"`` (adversarial FE autoencoder, scMEDAL-FE) or
-        ``"random"`` (random effects only, no adversary, scMEDAL-RE).
-    likelihood
-        ``"nb"`` (default), ``"zinb"``, ``"poisson"`` on raw counts with library size, or
-        ``"gaussian"`` (MSE) on log-normalised data.
-    n_latent_fe, n_latent_re
-        Sizes of the FE (batch-invariant) and RE (batch-specific) latents.
-    n_hidden, n_layers, dropout_rate
-        Network architecture.
-    adversary_on
-        ``"latent"`` or ``"all"`` encoder layers.
-    adversary_weight
-        ``lambda_g``: a number, or ``"auto"`` to scale it with the reconstruction loss.
-    adversary_scale
-        ``lambda_g`` per unit of per-cell reconstruction loss when ``adversary_weight="auto"``.
-    adversary_objective
-        ``"negative_ce"`` (``-lambda_g * CE``, the paper's form, default) or ``"confusion"``
-        (push the adversary towards a uniform prediction; stronger mixing).
-    fe_reconstruction_weight
-        ``lambda_F``, weight of the FE-only (``Z = 0``) reconstruction. It asks ``z_FE`` to
-        reconstruct counts *with* their batch effects, against the adversary, so it trades
-        batch correction for a better-trained batch-free decode; 0.2 scored best on the shared
-        sets (scIB Total 1.0 -> 0.2: Kang 0.787 -> 0.804, CellBench 0.773 -> 0.832).
-    detach_fe_reconstruction
-        The FE-only reconstruction trains the decoder but not the encoder (for very strong,
-        uniform batch effects; off by default, see the module docs).
-    re_batch_weight
-        Weight of the cooperative batch head on ``z_RE``.
-    hidden_prior_sd, output_prior_sd
-        Prior s.d. of the hidden FiLM and per-gene output random effects.
-    classification_weight
-        Weight of the label heads' cross-entropy (only with ``labels_key``).
-    conditional_adversary
-        With ``labels_key``, the adversary is told each cell's label and must find the batch
-        beyond it: ``z_FE`` is made independent of the batch *given* the cell type, so a cell
-        type missing from some batches is not erased with the batch. Off: the adversary sees
-        ``z_FE`` alone, as without labels.
+    {module_parameters}
     seed
         Seed for weight initialisation.
 
@@ -89,73 +62,34 @@ class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
 
     _module_cls = ArmedVAEModule
     _training_plan_cls = ArmedTrainingPlan
+    _data_arguments = ("n_input", "n_batch", "n_labels")
 
     def __init__(
         self,
         adata: AnnData,
         mode: Mode = "mixed",
         likelihood: Likelihood = "nb",
-        n_latent_fe: int = 10,
-        n_latent_re: int = 5,
-        n_hidden: int = 128,
-        n_layers: int = 1,
-        dropout_rate: float = 0.1,
-        adversary_on: str = "latent",
-        adversary_weight: float | str = "auto",
-        adversary_scale: float = 0.01,
-        adversary_objective: str = "negative_ce",
-        fe_reconstruction_weight: float = 0.2,
-        detach_fe_reconstruction: bool = False,
-        re_batch_weight: float = 1.0,
-        hidden_prior_sd: float = 0.25,
-        output_prior_sd: float = 1.0,
-        classification_weight: float = 1.0,
-        conditional_adversary: bool = True,
         seed: int = 0,
+        **module_kwargs: Any,
     ):
         check.check_anndata(adata)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         super().__init__(adata)
         matrix = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         layer = self.registry_["setup_args"].get("layer")
         check.check_likelihood(matrix, likelihood, check.matrix_name(layer))
-        scvi.settings.seed = seed
-        has_labels = self.registry_["setup_args"].get("labels_key") is not None
-        self.module = self._module_cls(
-            n_input=self.summary_stats.n_vars,
-            n_batch=self.summary_stats.n_batch,
-            mode=mode,
-            likelihood=likelihood,
-            n_latent_fe=n_latent_fe,
-            n_latent_re=n_latent_re,
-            n_hidden=n_hidden,
-            n_layers=n_layers,
-            dropout_rate=dropout_rate,
-            adversary_on=adversary_on,
-            adversary_weight=adversary_weight,
-            adversary_scale=adversary_scale,
-            adversary_objective=adversary_objective,
-            fe_reconstruction_weight=fe_reconstruction_weight,
-            detach_fe_reconstruction=detach_fe_reconstruction,
-            re_batch_weight=re_batch_weight,
-            hidden_prior_sd=hidden_prior_sd,
-            output_prior_sd=output_prior_sd,
-            n_labels=self.summary_stats.n_labels if has_labels else 0,
-            classification_weight=classification_weight,
-            conditional_adversary=conditional_adversary,
-        )
-        self._fit_batch_given_label()
-        batch_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-        # Batches with random effects, in code order; adapt() appends new ones.
-        self.batch_categories_: list = list(batch_state.categorical_mapping)
+        data = {
+            "n_input": self.summary_stats.n_vars,
+            "n_batch": self.summary_stats.n_batch,
+            "n_labels": self.summary_stats.n_labels if self._has_labels else 0,
+        }
+        module_kwargs = self._check_module_kwargs(module_kwargs)
+        self._build_module(seed, data, {"mode": mode, "likelihood": likelihood, **module_kwargs})
         self._model_summary_string = (
-            f"ArmedRNA (mode={mode}, likelihood={likelihood}): {self.summary_stats.n_vars} genes, "
-            f"{self.summary_stats.n_batch} batches, FE latent {n_latent_fe}"
-            + (f", RE latent {n_latent_re}" if self.module.has_random_encoder else "")
-            + (f", {self.module.n_labels} labels" if has_labels else "")
+            f"ArmedRNA (mode={mode}, likelihood={likelihood}): {data['n_input']} genes, "
+            f"{data['n_batch']} batches, FE latent {self.module.n_latent}"
+            + (f", RE latent {self.module.n_latent_re}" if self.module.has_random_encoder else "")
+            + (f", {data['n_labels']} labels" if data["n_labels"] else "")
         )
-        self.train_params_: dict[str, Any] = {}
         self.init_params_ = self._get_init_params(locals())
 
     # ------------------------------------------------------------------ setup
@@ -201,6 +135,158 @@ class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
 
+    # ------------------------------------------------------------------ reading genes
+    def _query_chunks(
+        self, adata: AnnData, positions: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        check_genes(adata, self.adata.var_names)
+        layer = self.registry_["setup_args"].get("layer")
+        matrix = check_query_matrix(adata, layer, self.module.likelihood)
+        return iter_chunks(matrix, positions, batch_size)
+
+    # ------------------------------------------------------------------ expression
+    def _gene_positions(self, gene_list: Sequence[str] | None) -> np.ndarray:
+        genes = pd.Index(self.adata.var_names)
+        if gene_list is None:
+            return np.arange(len(genes))
+        if isinstance(gene_list, str):
+            raise TypeError(f"gene_list must be a list of gene names, not {gene_list!r}.")
+        positions = genes.get_indexer(list(gene_list))
+        if (positions < 0).any():
+            missing = [g for g, p in zip(gene_list, positions, strict=True) if p < 0]
+            raise KeyError(
+                f"{len(missing)} genes of gene_list are not among the model's genes (e.g. "
+                f"{missing[:5]}). Check spelling against `model.adata.var_names`."
+            )
+        return positions
+
+    def _expression(
+        self, x: torch.Tensor, design: torch.Tensor | None, genes: np.ndarray, library_size
+    ) -> np.ndarray:
+        decoded = self.module.decode(self.module.encode_fe(x), design)[:, genes]
+        if self.module.likelihood == "gaussian":
+            return decoded.cpu().numpy()
+        library = x.sum(-1, keepdim=True) if library_size == "observed" else library_size
+        return (decoded * library).cpu().numpy()
+
+    def _stream_expression(
+        self, adata, indices, gene_list, library_size, batch_size, batch, observed: bool
+    ) -> Iterator[tuple[slice, np.ndarray]]:
+        if not (library_size == "observed" or (
+            isinstance(library_size, int | float) and library_size > 0
+        )):
+            raise ValueError(
+                f"library_size must be a positive number or 'observed', got {library_size!r}."
+            )
+        genes = self._gene_positions(gene_list)
+        code, what = self._decode_route(batch, observed, "Expression")
+        with torch.inference_mode():
+            for part, x, design, _ in self._cells(adata, indices, batch_size, what, observed):
+                if not observed:
+                    design = self._decode_design(design, code)
+                yield part, self._expression(x, design, genes, library_size)
+
+    def iter_counterfactual_expression(
+        self,
+        adata: AnnData | None = None,
+        batch=None,
+        indices: Sequence[int] | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | Literal["observed"] = NORMALISATION_TARGET,
+        batch_size: int | None = None,
+    ) -> Iterator[tuple[pd.Index, np.ndarray]]:
+        """Stream :meth:`get_counterfactual_expression` chunk by chunk.
+
+        Yields ``(obs_names, values)`` with ``values`` of shape ``(chunk, n_genes)``: memory
+        stays bounded by ``batch_size`` whatever the number of cells, e.g. to write a large
+        result to disk.
+        """
+        names = self._obs_names(adata, indices)
+        for part, values in self._stream_expression(
+            adata, indices, gene_list, library_size, batch_size, batch, observed=False
+        ):
+            yield names[part], values
+
+    def _collect(self, adata, indices, gene_list, chunks) -> pd.DataFrame:
+        genes = self._gene_positions(gene_list)
+        names = self._obs_names(adata, indices)
+        out = np.empty((len(names), len(genes)), dtype=np.float32)
+        for part, values in chunks:
+            out[part] = values
+        return pd.DataFrame(out, index=names, columns=self.adata.var_names[genes], copy=False)
+
+    def get_counterfactual_expression(
+        self,
+        adata: AnnData | None = None,
+        batch=None,
+        indices: Sequence[int] | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | Literal["observed"] = NORMALISATION_TARGET,
+        batch_size: int | None = None,
+        layer_key: str | None = None,
+    ) -> pd.DataFrame:
+        """Expected expression of cells as if measured in ``batch``.
+
+        The cells' FE latent ``z_FE`` is decoded with batch ``batch``'s random effects, or with
+        ``batch=None`` with ``Z = 0``: the batch-free, fixed-effects expression. Cells are
+        processed in chunks of ``batch_size``; only the requested cells x genes are held.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the training genes; default: the training AnnData. Its cells may come
+            from any batch, seen or not (their own batch is not used).
+        batch
+            A batch the model has random effects for (a training batch or one added with
+            :meth:`adapt`), or ``None`` for batch-free expression.
+        indices
+            Cell positions (or a boolean mask); default all.
+        gene_list
+            Genes to return; default all.
+        library_size
+            Counts per cell of the output: a number (default 1e4, counts per 10k), or
+            ``"observed"`` for expected counts at each cell's own depth. Ignored for
+            ``likelihood="gaussian"`` (output on the log-normalised scale).
+        batch_size
+            Cells per chunk (default 1024).
+        layer_key
+            Also write the result to ``adata.layers[layer_key]`` (all cells and genes only).
+
+        Returns
+        -------
+        DataFrame of cells x genes (float32).
+        """
+        if layer_key is not None and (indices is not None or gene_list is not None):
+            raise ValueError(
+                "layer_key writes a full cells x genes layer; call it without indices and "
+                "gene_list, or keep the returned DataFrame instead."
+            )
+        chunks = self._stream_expression(
+            adata, indices, gene_list, library_size, batch_size, batch, observed=False
+        )
+        result = self._collect(adata, indices, gene_list, chunks)
+        if layer_key is not None:
+            (self.adata if adata is None else adata).layers[layer_key] = result.to_numpy()
+        return result
+
+    def get_normalized_expression(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        gene_list: Sequence[str] | None = None,
+        library_size: float | Literal["observed"] = NORMALISATION_TARGET,
+        batch_size: int | None = None,
+    ) -> pd.DataFrame:
+        """Expected expression of cells in their own batch (the mixed-effects prediction).
+
+        Cells of unseen batches take the soft-``Z``/``Z = 0`` route. Arguments as in
+        :meth:`get_counterfactual_expression`.
+        """
+        chunks = self._stream_expression(
+            adata, indices, gene_list, library_size, batch_size, None, observed=True
+        )
+        return self._collect(adata, indices, gene_list, chunks)
+
     # ------------------------------------------------------------------ new batches
     def adapt(
         self,
@@ -216,8 +302,9 @@ class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
         Returns a copy of the model that knows the new batches (the reference model is left
         as is). Each new batch's random effects start at the mixture of seen batches that the
         Z-predictor assigns to its cells, then the decoder's and the RE encoder's rows for the
-        new batches are fitted to the query cells of those batches. The label head's rows keep
-        the soft-``Z`` start (the query has no labels to fit them). Works the same on every
+        new batches are fitted to the query cells of those batches
+        (:class:`~armed_bio.train.AdaptationTrainingPlan`). The label head's rows keep the
+        soft-``Z`` start (the query has no labels to fit them). Works the same on every
         scvi-tools version (it does not use ``load_query_data``).
 
         Parameters
@@ -242,7 +329,77 @@ class ArmedRNA(ArmedExpressionMixin, ArmedModelBase):
         -------
         The adapted model; use it with ``query`` for latents, counterfactuals and predictions.
         """
-        return adapt_model(self, query, max_epochs, batch_size, lr, seed, progress_bar)
+        self._check_if_trained(warn=False)
+        self._require_random_effects("Adapting to new batches")
+        check.check_anndata(query, "query")
+        check_genes(query, self.adata.var_names)
+        setup = self.registry_["setup_args"]
+        batch_key = setup["batch_key"]
+        check.check_batch_key(query, batch_key, min_batches=1)
+        matrix = check_query_matrix(query, setup.get("layer"), self.module.likelihood)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr!r}.")
+        codes, new_batches = batch_codes(
+            query, batch_key, self.batch_categories_, np.arange(query.n_obs)
+        )
+        if not new_batches:
+            raise ValueError(
+                f"Every batch in query.obs[{batch_key!r}] was seen in training, so there is "
+                "nothing to adapt: use the model directly on the query."
+            )
+        new_cells = np.flatnonzero(codes == UNSEEN)
+        if max_epochs is None:
+            steps_per_epoch = math.ceil(len(new_cells) / batch_size)
+            max_epochs = min(MAX_ADAPT_EPOCHS,
+                             max(1, math.ceil(ADAPT_TARGET_STEPS / steps_per_epoch)))
+        if not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
+
+        n_old = self.module.n_batch
+        values = query.obs[batch_key].to_numpy()
+        new_codes = np.full(query.n_obs, UNSEEN, dtype=np.int64)
+        for j, name in enumerate(new_batches):
+            new_codes[values == name] = n_old + j
+        adapted = copy.copy(self)
+        adapted.module = module = copy.deepcopy(self.module)
+        adapted.batch_categories_ = list(self.batch_categories_) + list(new_batches)
+        module.add_batches(self._mean_soft_design(module, matrix, new_codes, n_old,
+                                                  len(new_batches)))
+        minibatches = QueryMinibatches(matrix, new_cells, new_codes, batch_size, seed)
+        losses = fit_new_batches(module, minibatches, n_old, max_epochs, lr, seed, progress_bar)
+        adapted.adapt_params_ = {
+            "new_batches": [str(b) for b in new_batches],
+            "n_cells": int(len(new_cells)),
+            "max_epochs": max_epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "loss": losses,
+        }
+        n_seen = int(query.n_obs - len(new_cells))
+        logger.info(
+            f"Adapted to {len(new_batches)} new batches {list(new_batches)} from "
+            f"{len(new_cells)} cells in {max_epochs} epochs (shared weights frozen)"
+            + (f"; {n_seen} query cells of seen batches were not used." if n_seen else ".")
+        )
+        return adapted
+
+    @staticmethod
+    @torch.no_grad()
+    def _mean_soft_design(module, matrix, codes: np.ndarray, n_old: int, n_new: int):
+        """Mean calibrated soft ``Z`` of each new batch's cells: where its effects start."""
+        module.eval()
+        device = next(module.parameters()).device
+        init = torch.zeros(n_new, n_old)
+        for j in range(n_new):
+            cells = np.flatnonzero(codes == n_old + j)
+            total = torch.zeros(module.n_batch_reference)
+            for _, x in iter_chunks(matrix, cells, 4096):
+                total += module.batch_probabilities(x.to(device)).sum(0).cpu()
+            init[j, : module.n_batch_reference] = total / len(cells)
+        return init
 
     # ------------------------------------------------------------------ random effects
     def get_random_effects(self) -> pd.DataFrame:

@@ -1,13 +1,23 @@
-"""What every ARMED model shares: training, the run record, saving and loading."""
+"""What every ARMED model shares: training, inference on any query, records and files.
+
+Every inference method reads cells in chunks (each model's ``_query_chunks`` checks and reads
+its data: genes for ``ArmedRNA``, images for the image models), works on cells of batches the
+model never saw (see :mod:`armed_bio.model._query`) and logs which route the cells took. None of
+them writes to the AnnData unless asked.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
-from typing import Any
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import scvi
 import torch
 from anndata import AnnData
@@ -15,16 +25,27 @@ from scvi import REGISTRY_KEYS
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from .. import _validation as check
-from .._constants import FE_OBSM_KEY, RE_OBSM_KEY, UNS_KEY
+from .._constants import FE_OBSM_KEY, RE_OBSM_KEY, UNS_KEY, LatentKind
+from ..train import fit_temperature
 from . import _save_load
-from ._inference import ArmedInferenceMixin
+from ._query import (
+    DEFAULT_ENTROPY_THRESHOLD,
+    UNSEEN,
+    RouteCounts,
+    batch_codes,
+    check_indices,
+    check_threshold,
+    route_design,
+)
 
 logger = logging.getLogger(__name__)
 
-# Optimizer steps a default RNA run aims for: fewer than ~800 under-corrected strong batch
-# effects in the prototype, 1,000-1,500 were enough (shared/design/findings.md).
+# Optimizer steps a default RNA run aims for (see shared/design/findings.md), and the cap.
 DEFAULT_TARGET_STEPS = 1500
 MAX_DEFAULT_EPOCHS = 500
+DEFAULT_INFERENCE_BATCH_SIZE = 1024
+# Module arguments renamed for one vocabulary across models: old name -> new name.
+RENAMED_ARGUMENTS = {"n_latent_fe": "n_latent", "prior_sd": "hidden_prior_sd"}
 
 
 def default_max_epochs(
@@ -35,16 +56,73 @@ def default_max_epochs(
     return int(min(MAX_DEFAULT_EPOCHS, max(1, math.ceil(target_steps / steps_per_epoch))))
 
 
-class ArmedModelBase(ArmedInferenceMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     """Base of the user-facing ARMED models (not used directly).
 
-    Subclasses define ``setup_anndata``, build ``self.module`` and set ``batch_categories_``,
-    ``train_params_`` and ``init_params_``; they implement ``_query_chunks`` (reading their
-    data for inference), ``_saved_names`` and ``_check_saved_inputs`` (what must match when a
-    saved model is loaded onto an AnnData).
+    Subclasses define ``setup_anndata`` and call :meth:`_build_module` from ``__init__``; they
+    implement ``_query_chunks`` (reading their data for inference), ``_saved_names`` and
+    ``_check_saved_inputs`` (what must match when a saved model is loaded onto an AnnData).
     """
 
     _default_target_steps: int = DEFAULT_TARGET_STEPS
+    #: Module arguments set from the registered data, never by the user.
+    _data_arguments: tuple[str, ...] = ("n_batch", "n_labels")
+
+    #: Normalised batch entropy above which a cell of an unseen batch gets ``Z = 0`` instead of
+    #: the Z-predictor's soft ``Z``; see :mod:`armed_bio.model._query`. Set per instance.
+    entropy_threshold: float = DEFAULT_ENTROPY_THRESHOLD
+
+    def _check_module_kwargs(self, module_kwargs: dict) -> dict:
+        """The user's module arguments under their current names, checked.
+
+        Renamed arguments are accepted with a ``FutureWarning``; unknown or data-derived names
+        raise a ``TypeError`` naming the fix.
+        """
+        known = set(inspect.signature(self._module_cls.__init__).parameters) - {"self"}
+        kwargs = dict(module_kwargs)
+        for old, new in RENAMED_ARGUMENTS.items():
+            if old in kwargs and new in known:
+                warnings.warn(
+                    f"{type(self).__name__}({old}=...) is deprecated; use {new}=.",
+                    FutureWarning, stacklevel=3,
+                )
+                kwargs[new] = kwargs.pop(old)
+        derived = set(self._data_arguments) & set(kwargs)
+        if derived:
+            raise TypeError(
+                f"{sorted(derived)} are set from the registered AnnData; do not pass them to "
+                f"{type(self).__name__}."
+            )
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown arguments {sorted(unknown)}; its arguments "
+                f"are {sorted(known - set(self._data_arguments))}."
+            )
+        return kwargs
+
+    def _build_module(self, seed: int, data_arguments: dict, module_kwargs: dict) -> None:
+        """Build ``self.module`` from the data's sizes and the (checked) module arguments.
+
+        Also fits ``p(batch | label)`` and records the batch categories and an empty training
+        record.
+        """
+        scvi.settings.seed = seed
+        self.module = self._module_cls(**data_arguments, **module_kwargs)
+        self._fit_batch_given_label()
+        batch_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        # Batches with random effects, in code order; adapt() appends new ones.
+        self.batch_categories_: list = list(batch_state.categorical_mapping)
+        self.train_params_: dict[str, Any] = {}
+
+    @property
+    def _has_labels(self) -> bool:
+        return self.registry_["setup_args"].get("labels_key") is not None
+
+    @property
+    def module_params(self) -> dict[str, Any]:
+        """Every argument the model was built with (its own and its module's)."""
+        return _saved_arguments(self.init_params_)
 
     def _saved_names(self) -> list[str]:
         return list(self.adata.var_names)
@@ -159,6 +237,251 @@ class ArmedModelBase(ArmedInferenceMixin, UnsupervisedTrainingMixin, BaseModelCl
                     "(temperature 1). Call model.calibrate_batch_predictor(adata_held_out)."
                 )
 
+    # ------------------------------------------------------------------ plumbing
+    def _query_chunks(
+        self, adata: AnnData, positions: np.ndarray, batch_size: int
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Check ``adata`` against the model, then return an iterator of input chunks.
+
+        Must raise on bad input when called, not when iterated.
+        """
+        raise NotImplementedError
+
+    def _cells(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        what: str,
+        routes_used: bool = True,
+    ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor, np.ndarray]]:
+        """Yield ``(positions, counts, design, batch codes)`` chunks; log the routes at the end."""
+        self._check_if_trained(warn=False)
+        adata = self.adata if adata is None else check.check_anndata(adata)
+        setup = self.registry_["setup_args"]
+        positions = check_indices(indices, adata.n_obs)
+        if batch_size is None:
+            batch_size = DEFAULT_INFERENCE_BATCH_SIZE
+        chunks = self._query_chunks(adata, positions, batch_size)  # validates before yielding
+        codes, unseen = batch_codes(adata, setup["batch_key"], self.batch_categories_, positions)
+        threshold = check_threshold(self.entropy_threshold)
+        self.module.eval()
+        total = RouteCounts(unseen_batches=unseen)
+        for part, x in chunks:
+            x = x.to(self.device)
+            design, counts = route_design(self.module, x, codes[part], threshold)
+            total.add(counts)
+            yield part, x, design, codes[part]
+        if not self.module.has_random_effects:
+            logger.info(f"{what} {len(positions)} cells (fixed-effects model: no batch route).")
+        elif what:
+            logger.info(total.message(what, threshold, routes_used))
+
+    def _obs_names(self, adata: AnnData | None, indices) -> pd.Index:
+        adata = self.adata if adata is None else check.check_anndata(adata)
+        return adata.obs_names[check_indices(indices, adata.n_obs)]
+
+    def _require_random_effects(self, what: str) -> None:
+        if not self.module.has_random_effects:
+            raise ValueError(
+                f"{what} needs random effects, but this model was trained with mode='fixed'. "
+                "Train with mode='mixed' (the default) or 'random'."
+            )
+
+    def _batch_code(self, batch) -> int | None:
+        if batch is None:
+            return None
+        self._require_random_effects("A counterfactual batch")
+        for code, category in enumerate(self.batch_categories_):
+            if category == batch:
+                return code
+        raise ValueError(
+            f"batch {batch!r} is not a batch the model knows ({list(self.batch_categories_)}). "
+            "Use batch=None for the batch-free (fixed-effects) expression, or "
+            "`model.adapt(query)` to give a new batch its own random effects."
+        )
+
+    def _decode_route(self, batch, observed: bool, noun: str) -> tuple[int | None, str]:
+        """Batch code to decode as (``None``: Z = 0) and the log line's subject.
+
+        ``observed=True`` keeps each cell's own design (``batch`` is then ignored).
+        """
+        if observed:
+            return None, f"{noun} in their own batch of"
+        code = self._batch_code(batch)
+        if code is None:
+            return None, f"Batch-free {noun.lower()} (Z = 0) of"
+        return code, f"{noun} as batch {batch!r} of"
+
+    @staticmethod
+    def _decode_design(design: torch.Tensor, code: int | None) -> torch.Tensor | None:
+        """The one-hot design of batch ``code`` for every cell of a chunk (``None``: Z = 0)."""
+        if code is None:
+            return None
+        onehot = torch.zeros_like(design)
+        onehot[:, code] = 1.0
+        return onehot
+
+    # ------------------------------------------------------------------ latents
+    @torch.inference_mode()
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        kind: LatentKind = "fe",
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Return the batch-invariant (``kind="fe"``) or batch-specific (``"re"``) latent.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the training genes in the training order; default: the training
+            AnnData. It may hold batches the model never saw: ``z_FE`` does not depend on
+            the batch, and ``z_RE`` of such cells uses the soft-``Z``/``Z = 0`` route.
+        indices
+            Cell positions (or a boolean mask) to embed; default all.
+        kind
+            ``"fe"``: fixed effects, ``z_FE``; ``"re"``: random effects, ``z_RE``.
+        batch_size
+            Cells per chunk.
+
+        Returns
+        -------
+        Array of shape ``(n_cells, n_latent)``.
+        """
+        self._check_kind(kind)
+        what = "z_FE of" if kind == "fe" else "z_RE of"
+        parts = []
+        for _, x, design, _ in self._cells(adata, indices, batch_size, what, kind == "re"):
+            z = self.module.encode_fe(x) if kind == "fe" else self.module.encode_re(x, design)
+            parts.append(z.cpu())
+        return torch.cat(parts).numpy()
+
+    # ------------------------------------------------------------------ batch prediction
+    def _batch_logits(self, adata, indices, batch_size) -> tuple[torch.Tensor, np.ndarray]:
+        self._require_random_effects("The Z-predictor")
+        logits, codes = [], []
+        for _, x, _, batch in self._cells(adata, indices, batch_size, what=""):
+            logits.append(self.module.batch_logits(x).cpu())
+            codes.append(batch)
+        return torch.cat(logits), np.concatenate(codes)
+
+    @torch.inference_mode()
+    def predict_batch_proba(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> pd.DataFrame:
+        """Calibrated probability of each seen batch for each cell (the Z-predictor's soft ``Z``).
+
+        The temperature is fitted on the held-out cells after :meth:`train` (see
+        :meth:`calibrate_batch_predictor`).
+
+        Returns
+        -------
+        DataFrame of cells x seen batches; rows sum to 1.
+        """
+        logits, _ = self._batch_logits(adata, indices, batch_size)
+        proba = torch.softmax(logits / self.module.z_temperature.cpu(), dim=-1).numpy()
+        columns = self.batch_categories_[: self.module.n_batch_reference]
+        return pd.DataFrame(proba, index=self._obs_names(adata, indices), columns=columns)
+
+    @torch.inference_mode()
+    def calibrate_batch_predictor(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> float:
+        """Fit the Z-predictor's temperature on held-out cells of seen batches.
+
+        :meth:`train` calls this on its validation cells. Call it yourself when training used
+        every cell (``train_size=1.0``) and you have other held-out cells.
+
+        Returns
+        -------
+        The fitted temperature (also stored in the model).
+        """
+        logits, codes = self._batch_logits(adata, indices, batch_size)
+        if (codes == UNSEEN).any() or (codes >= self.module.n_batch_reference).any():
+            raise ValueError(
+                "Calibration needs cells of batches seen in training, with their batch in "
+                f"adata.obs[{self.registry_['setup_args']['batch_key']!r}]; "
+                f"{int((codes == UNSEEN).sum())} cells have another batch. Subset to seen "
+                "batches."
+            )
+        temperature = fit_temperature(logits, torch.as_tensor(codes))
+        self.module.z_temperature.fill_(temperature)
+        logger.info(f"Z-predictor temperature fitted on {len(codes)} held-out cells: "
+                    f"{temperature:.3g}.")
+        return temperature
+
+    # ------------------------------------------------------------------ labels
+    def _label_categories(self) -> list:
+        mapping = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        return list(mapping.categorical_mapping)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        head: Literal["fe", "me"] = "fe",
+        soft: bool = False,
+        batch_size: int | None = None,
+        kind: Literal["fe", "me"] | None = None,
+    ) -> np.ndarray | pd.DataFrame:
+        """Predict cell labels with the FE head (``z_FE`` only) or the mixed-effects head.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the training genes; default: the training AnnData. Its label column,
+            if any, is never read (it may hold categories the model has not seen).
+        indices
+            Cell positions (or a boolean mask); default all.
+        head
+            ``"fe"``: the batch-invariant head. ``"me"``: FE logit plus the batch's random
+            slopes and intercept; cells of unseen batches use the soft-``Z`` route.
+        soft
+            Return class probabilities instead of labels.
+        batch_size
+            Cells per chunk.
+        kind
+            Deprecated name of ``head`` (``kind`` names the latent elsewhere).
+
+        Returns
+        -------
+        Array of predicted labels, or with ``soft=True`` a DataFrame of cells x labels (in the
+        order of the training label categories).
+        """
+        if self.module.n_labels == 0:
+            raise ValueError(
+                "This model has no label head: it was set up without `labels_key`. Run "
+                f"`{type(self).__name__}.setup_anndata(adata, batch_key=..., labels_key=...)` "
+                "and train a new model."
+            )
+        if kind is not None:
+            warnings.warn("predict(kind=...) is deprecated; use head=.", FutureWarning,
+                          stacklevel=2)
+            head = kind
+        if head not in ("fe", "me"):
+            raise ValueError(f"head must be 'fe' or 'me', got {head!r}.")
+        if head == "me":
+            self._require_random_effects("The mixed-effects head")
+        what = f"Labels from the {head.upper()} head for"
+        proba = []
+        for _, x, design, _ in self._cells(adata, indices, batch_size, what, head == "me"):
+            fe, me = self.module.classify(self.module.encode_fe(x), design)
+            proba.append(torch.softmax(fe if head == "fe" else me, dim=-1).cpu())
+        proba = torch.cat(proba).numpy()
+        categories = self._label_categories()
+        if soft:
+            return pd.DataFrame(proba, index=self._obs_names(adata, indices), columns=categories)
+        return np.asarray(categories, dtype=object)[proba.argmax(-1)]
+
     # ------------------------------------------------------------------ outputs
     def _check_kind(self, kind: str) -> None:
         if kind not in ("fe", "re"):
@@ -203,7 +526,7 @@ class ArmedModelBase(ArmedInferenceMixin, UnsupervisedTrainingMixin, BaseModelCl
             "scvi_tools_version": scvi.__version__,
             "setup": {k: v for k, v in setup.items()},
             "batch_categories": [str(c) for c in batch_state.categorical_mapping],
-            "params": dict(self.init_params_["non_kwargs"]),
+            "params": self.module_params,
             "train": dict(self.train_params_),
             "adversary_weight_final": float(self.module.current_adversary_weight()),
             "obsm_keys": obsm_keys or {},
@@ -267,18 +590,27 @@ class ArmedModelBase(ArmedInferenceMixin, UnsupervisedTrainingMixin, BaseModelCl
         check.check_anndata(adata)
         cls._check_saved_inputs(adata, var_names)
         cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-        init = attrs.pop("init_params_")
-        kwargs = {k: v for group in init.get("kwargs", {}).values() for k, v in group.items()}
-        model = cls(adata, **init["non_kwargs"], **kwargs)
+        model = cls(adata, **_saved_arguments(attrs.pop("init_params_")))
         for name, value in attrs.items():
             setattr(model, name, value)
         n_adapted = len(model.batch_categories_) - model.module.n_batch
         if n_adapted > 0:  # an adapted model: make room for its extra batches' rows
-            model.module.add_clusters(torch.zeros(n_adapted, model.module.n_batch))
+            model.module.add_batches(torch.zeros(n_adapted, model.module.n_batch))
         model.module.load_state_dict(state)
         model.module.eval()
         return model
 
+
+
+def _saved_arguments(init_params: dict) -> dict[str, Any]:
+    """The constructor arguments of a saved model, under their current names.
+
+    Files saved before the module arguments were renamed (0.1.0) load without a warning.
+    """
+    params = dict(init_params["non_kwargs"])
+    for group in init_params.get("kwargs", {}).values():
+        params.update(group)
+    return {RENAMED_ARGUMENTS.get(k, k): v for k, v in params.items()}
 
 
 def _h5ad_safe(obj: Any) -> Any:

@@ -12,6 +12,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, ObsmField
 
 from .. import _validation as check
+from .._chunks import iter_chunks
 from ._base import ArmedModelBase
 
 IMAGE_KEY = "image"  # registry key of the images
@@ -20,10 +21,10 @@ IMAGE_KEY = "image"  # registry key of the images
 class ArmedImageModelBase(ArmedModelBase):
     """Base of :class:`ArmedImageClassifier` and :class:`ArmedImage` (not used directly)."""
 
-    # About 25 epochs of the 5,339 BBBC021 crops at batch size 128: enough for the classifier
-    # and the autoencoder to plateau on CPU (see benchmarks/image_bbbc021.py).
+    # Enough steps for both image models to plateau (benchmarks/results/image_bbbc021_*.md).
     _default_target_steps = 1000
     _requires_labels = False  # the classifier sets True
+    _data_arguments = ("n_channels", "image_size", "n_batch", "n_labels")
 
     @classmethod
     def setup_anndata(
@@ -70,22 +71,26 @@ class ArmedImageModelBase(ArmedModelBase):
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
 
-    # ------------------------------------------------------------------ helpers for __init__
-    def _image_setup(self) -> tuple[int, tuple[int, int], int, int]:
-        """``(channels, (H, W), n_batch, n_labels)`` of the registered AnnData."""
+    # ------------------------------------------------------------------ building the module
+    def _build_image_module(self, seed: int, module_kwargs: dict) -> None:
+        """Build the module from the crops' shape and the user's arguments; fit statistics."""
         key = self.registry_["setup_args"]["image_key"]
         c, h, w = self.adata.obsm[key].shape[1:]
-        has_labels = self.registry_["setup_args"].get("labels_key") is not None
-        return c, (h, w), self.summary_stats.n_batch, (
-            self.summary_stats.n_labels if has_labels else 0
-        )
+        data = {
+            "n_channels": c,
+            "image_size": (h, w),
+            "n_batch": self.summary_stats.n_batch,
+            "n_labels": self.summary_stats.n_labels if self._has_labels else 0,
+        }
+        for name in ("channels", "re_channels"):
+            if name in module_kwargs:
+                module_kwargs[name] = tuple(module_kwargs[name])
+        self._build_module(seed, data, module_kwargs)
+        self._fit_image_statistics()
 
-    def _fit_training_statistics(self) -> None:
-        """Per-channel mean and s.d. of the training crops and ``p(batch | label)``.
-
-        Both go into the module's buffers, so they are saved with the weights.
-        """
-        self._fit_batch_given_label()
+    def _fit_image_statistics(self) -> None:
+        """Per-channel mean and s.d. of the training crops, into the module's buffers (so they
+        are saved with the weights)."""
         images = self.adata.obsm[self.registry_["setup_args"]["image_key"]]
         total = np.zeros(images.shape[1])
         total_sq = np.zeros(images.shape[1])
@@ -104,10 +109,6 @@ class ArmedImageModelBase(ArmedModelBase):
             )
         self.module.image_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.module.image_std.copy_(torch.as_tensor(sd, dtype=torch.float32))
-
-    def _batch_categories(self) -> list:
-        return list(self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
-                    .categorical_mapping)
 
     # ------------------------------------------------------------------ reading crops
     @property
@@ -128,14 +129,7 @@ class ArmedImageModelBase(ArmedModelBase):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        images = adata.obsm[key]
-
-        def chunks():
-            for start in range(0, len(positions), batch_size):
-                part = slice(start, min(start + batch_size, len(positions)))
-                yield part, torch.as_tensor(images[positions[part]], dtype=torch.float32)
-
-        return chunks()
+        return iter_chunks(adata.obsm[key], positions, batch_size)
 
     def _saved_names(self) -> list[str]:
         return [self.registry_["setup_args"]["image_key"], *map(str, self.image_shape)]

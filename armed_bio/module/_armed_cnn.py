@@ -35,7 +35,7 @@ class ArmedCNNModule(ArmedImageModuleBase):
         ``lambda_g``; ``0`` removes the adversary (with ``mode="fixed"``: a plain CNN).
     adversary_objective
         ``"confusion"`` (default) or ``"negative_ce"``; see :func:`adversary_penalty`.
-    prior_sd
+    hidden_prior_sd
         Prior s.d. of the random slopes and intercepts.
     n_hidden
         Width of the head's hidden layer (where the random slopes act).
@@ -45,6 +45,8 @@ class ArmedCNNModule(ArmedImageModuleBase):
         With labels, give the adversary each cell's label and use ``p(batch | label)`` as
         the confusion target: remove the batch, not the biology confounded with it.
     """
+
+    builds_random_encoder = False
 
     def __init__(
         self,
@@ -57,40 +59,40 @@ class ArmedCNNModule(ArmedImageModuleBase):
         channels: tuple[int, ...] = (16, 32, 64, 64),
         adversary_weight: float = 1.0,
         adversary_objective: str = "confusion",
-        prior_sd: float = 0.25,
+        hidden_prior_sd: float = 0.25,
         n_hidden: int = 64,
         augment: bool = True,
         conditional_adversary: bool = True,
     ):
-        super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
-                         adversary_objective, n_labels, augment, conditional_adversary)
         if n_labels < 2:
             raise ValueError(
                 f"A classifier needs at least 2 label categories, got {n_labels}. Check the "
                 "labels_key column (and that the training cells hold more than one label)."
             )
-        self.classification_weight = 1.0
+        super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
+                         adversary_objective, n_labels, 1.0, augment, conditional_adversary)
         self.encoder = ConvEncoder(n_channels, self.image_size, n_latent, channels)
         self.label_head = MixedEffectsClassifier(
-            n_latent, n_labels, n_batch if self.has_random_effects else 0, n_hidden, prior_sd
+            n_latent, n_labels, n_batch if self.has_random_effects else 0, n_hidden,
+            hidden_prior_sd,
         )
-        self._build_adversary(sum(channels) + n_latent)
+        if self.has_adversary:
+            self._add_adversary(sum(channels) + n_latent)
 
     @auto_move_data
     def inference(
         self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None, n_samples: int = 1,
+        labels: torch.Tensor | None = None,
     ) -> dict:
+        """``z_FE``, the backbone's feature maps and the design of images ``x``."""
         return self._encode(x, batch_index, design, labels)
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         return {}
 
     def generative(self, **kwargs) -> dict:
+        """Nothing: the classifier has no generative part."""
         return {}
-
-    def random_effects_kl(self) -> torch.Tensor:
-        return self.label_head.kl_divergence()
 
     def loss(
         self,
@@ -103,9 +105,9 @@ class ArmedCNNModule(ArmedImageModuleBase):
     ) -> LossOutput:
         """``CE_FE + CE_ME + lambda_g * adversary term + CE_Z + kl_weight * KL / n_obs``."""
         metrics: dict[str, torch.Tensor] = {}
-        loss = self._shared_losses(tensors, inference_outputs, metrics)
+        loss = self.shared_losses(tensors, inference_outputs, metrics)
         target = tensors["batch"].view(-1).long()
-        loss = loss + self._adversary_term(inference_outputs, target, adversary_warmup, metrics)
+        loss = loss + self.adversary_term(inference_outputs, target, adversary_warmup, metrics)
         kl = self.random_effects_kl()
         loss = loss + kl_weight * kl / max(n_obs, 1)
         per_cell = loss.detach().expand(tensors["batch"].shape[0])

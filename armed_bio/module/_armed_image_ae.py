@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..nn import ConvEncoder, MixedEffectsClassifier, MixedEffectsConvDecoder
+from ._base import accuracy
 from ._image_base import ArmedImageModuleBase
 
 
@@ -74,10 +75,10 @@ class ArmedImageModule(ArmedImageModuleBase):
         conditional_adversary: bool = True,
     ):
         super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
-                         adversary_objective, n_labels, augment, conditional_adversary)
+                         adversary_objective, n_labels, classification_weight, augment,
+                         conditional_adversary)
         self.n_latent_re = n_latent_re
         self.fe_reconstruction_weight = fe_reconstruction_weight
-        self.classification_weight = classification_weight
         n_re = n_batch if self.has_random_effects else 0
         self.encoder = ConvEncoder(n_channels, self.image_size, n_latent, channels)
         self.decoder = MixedEffectsConvDecoder(
@@ -92,17 +93,15 @@ class ArmedImageModule(ArmedImageModuleBase):
         if n_labels > 0:
             self.label_head = MixedEffectsClassifier(n_latent, n_labels, n_re,
                                                      prior_sd=hidden_prior_sd)
-        self._build_adversary(sum(channels) + n_latent)
-
-    @property
-    def has_random_encoder(self) -> bool:
-        return self.mode == "mixed"
+        if self.has_adversary:
+            self._add_adversary(sum(channels) + n_latent)
 
     @auto_move_data
     def inference(
         self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None, n_samples: int = 1,
+        labels: torch.Tensor | None = None,
     ) -> dict:
+        """``z_FE``, its feature maps and the design of images ``x`` (and ``z_RE``)."""
         out = self._encode(x, batch_index, design, labels)
         if self.has_random_encoder:
             out["z_re"] = self.re_encoder(out["x_in"], out["design"])[0]
@@ -118,18 +117,13 @@ class ArmedImageModule(ArmedImageModuleBase):
         out["x_me"] = self.decoder(z, design) if self.has_random_effects else out["x_fe"]
         return out
 
-    @torch.no_grad()
-    def render(self, z: torch.Tensor, design: torch.Tensor | None) -> torch.Tensor:
+    def encode_re(self, x: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
+        """``z_RE`` of images ``x`` (stored scale) under ``design``."""
+        return self.re_encoder(self._normalise(x)[0], design)[0]
+
+    def decode(self, z: torch.Tensor, design: torch.Tensor | None) -> torch.Tensor:
         """Images in the stored scale decoded from ``z_FE`` with design ``Z`` (``None``: Z=0)."""
         return self.denormalise(self.decoder(z, design))
-
-    def random_effects_kl(self) -> torch.Tensor:
-        kl = self.decoder.kl_divergence()
-        if self.has_random_encoder:
-            kl = kl + self.re_encoder.kl_divergence()
-        if self.n_labels > 0:
-            kl = kl + self.label_head.kl_divergence()
-        return kl
 
     def loss(
         self,
@@ -149,12 +143,12 @@ class ArmedImageModule(ArmedImageModuleBase):
             rec_fe = ((generative_outputs["x_fe"] - x_in) ** 2).mean(dim=(1, 2, 3))
             loss = loss + self.fe_reconstruction_weight * rec_fe.mean()
             metrics["reconstruction_loss_fe"] = rec_fe.mean()
-        loss = loss + self._adversary_term(inference_outputs, target, adversary_warmup, metrics)
+        loss = loss + self.adversary_term(inference_outputs, target, adversary_warmup, metrics)
         if self.has_random_encoder:
             head = self.re_batch_head(inference_outputs["z_re"])
             loss = loss + F.cross_entropy(head, target)
-            metrics["re_batch_accuracy"] = (head.argmax(-1) == target).float().mean()
-        loss = loss + self._shared_losses(tensors, inference_outputs, metrics)
+            metrics["re_batch_accuracy"] = accuracy(head, target)
+        loss = loss + self.shared_losses(tensors, inference_outputs, metrics)
         kl = self.random_effects_kl()
         loss = loss + kl_weight * kl / max(n_obs, 1)
         return LossOutput(loss=loss, reconstruction_loss=rec, kl_local=torch.zeros_like(rec),

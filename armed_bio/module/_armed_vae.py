@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
-from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.module.base import LossOutput, auto_move_data
 from torch import nn
 from torch.nn import functional as F
 
@@ -14,15 +14,13 @@ from ..nn import (
     FixedEffectsEncoder,
     MixedEffectsClassifier,
     MixedEffectsDecoder,
-    RandomEffect,
     RandomEffectsEncoder,
 )
 from ..nn._likelihoods import log_factorial, nb_count_terms, nb_mean_terms, poisson_mean_terms
-from ._adversarial import AdversaryMixin, adversary_penalty, check_objective
-from ._batch_design import DETERMINISTIC_VAR, BatchDesignMixin
+from ._base import DETERMINISTIC_VAR, ArmedModuleBase, accuracy
 
 
-class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
+class ArmedVAEModule(ArmedModuleBase):
     """Fixed-effects encoder + adversary, random-effects encoder, mixed-effects decoder.
 
     Parameters
@@ -30,57 +28,59 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
     n_input
         Number of genes.
     n_batch
-        Number of seen clusters (the random-effects grouping).
+        Number of batches seen in training (the random-effects grouping).
     mode
         ``"mixed"``: full ARMED. ``"fixed"``: adversarial fixed effects only (scMEDAL-FE).
         ``"random"``: no adversary and no FE-only reconstruction; the decoder and the RE encoder
         carry the random effects (scMEDAL-RE).
     likelihood
-        ``"nb"``, ``"zinb"``, ``"poisson"`` (counts, with library size) or ``"gaussian"``
+        ``"nb"``, ``"zinb"``, ``"poisson"`` (raw counts, with library size) or ``"gaussian"``
         (mean squared error on log-normalised data).
-    n_latent_fe, n_latent_re
-        Sizes of the fixed- and random-effects latents.
+    n_latent, n_latent_re
+        Sizes of the fixed-effects (batch-invariant) latent ``z_FE`` and of the
+        random-effects (batch-specific) latent ``z_RE``.
     n_hidden, n_layers, dropout_rate
         Encoder/decoder architecture.
     adversary_on
-        ``"latent"`` (default, cheaper and as good) or ``"all"`` (every encoder layer
-        concatenated, the published configuration).
+        ``"latent"`` (``z_FE`` only) or ``"all"`` (every encoder layer concatenated, the
+        published configuration).
     adversary_weight
-        ``lambda_g``. ``"auto"`` scales it with a running mean of the per-cell reconstruction
-        loss (times ``adversary_scale``), so the same setting works across sequencing depths.
+        ``lambda_g``: a number, or ``"auto"`` to scale it with a running mean of the per-cell
+        reconstruction loss (times ``adversary_scale``), so that one setting works across
+        sequencing depths.
     adversary_scale
-        Ratio of ``lambda_g`` to the per-cell reconstruction loss when ``adversary_weight="auto"``.
+        Ratio of ``lambda_g`` to the per-cell reconstruction loss when
+        ``adversary_weight="auto"``.
     adversary_objective
-        How the encoder fights the adversary. ``"negative_ce"`` (default): ``-lambda_g * CE``
-        as in the ARMED paper. ``"confusion"``: cross-entropy of the adversary's prediction
-        against the uniform distribution, minimal when batches are indistinguishable; it
-        removes batch more thoroughly and, where cell types are confounded with batch (as in
-        CellBench), merges more biology.
+        ``"negative_ce"`` (``-lambda_g * CE``, the paper's form) or ``"confusion"`` (push the
+        adversary's prediction towards the batch prior; removes more batch and, where cell
+        types are confounded with batch, more biology).
     fe_reconstruction_weight
         ``lambda_F``: weight of the FE-only (``Z = 0``) reconstruction in ``"mixed"`` mode.
-        The published code weighs it like the mixed-effects reconstruction (1.0); here the
-        default is 0.2 because that term rewards ``z_FE`` for carrying the batch (see
-        ``generative``): 1.0 -> 0.2 raised scIB batch correction 0.67 -> 0.72 on Kang and
-        0.63 -> 0.81 on CellBench, while bio conservation stayed at 0.86 on Kang and fell
-        0.872 -> 0.851 on CellBench; 0.1 lost more biology (CellBench 0.78 +- 0.04).
+        That term asks ``z_FE`` to reconstruct counts *with* their batch effects, against the
+        adversary, so it trades batch correction for a better-trained batch-free decode (the
+        published code weighs it 1.0; see ``benchmarks/results/rna_integration.md``).
     detach_fe_reconstruction
-        Let the FE-only reconstruction train the decoder but not the encoder. Removes very
-        strong, uniform batch effects more completely; on real data (CellBench) it lost
-        cell-type structure, so it is off by default.
+        Let the FE-only reconstruction train the decoder but not the encoder (removes very
+        strong, uniform batch effects more completely; loses cell-type structure on real
+        data).
     re_batch_weight
         Weight of the cooperative batch head on ``z_RE`` relative to the RE path's own
         reconstruction of the batch effect.
     hidden_prior_sd, output_prior_sd
-        Prior standard deviations of the hidden FiLM and per-gene output random effects.
+        Prior s.d. of the hidden FiLM random effects and of the per-output random effects.
     n_labels
         Number of cell labels; ``> 0`` adds an FE label head on ``z_FE`` and a mixed-effects
         label head (random slopes and intercept per batch).
-    conditional_adversary
-        With labels, tell the adversary each cell's label, so that ``z_FE`` is pushed to be
-        independent of the batch *given* the label (see :class:`AdversaryMixin`).
     classification_weight
         Weight of the label heads' cross-entropy.
+    conditional_adversary
+        With labels, the adversary is told each cell's label and must find the batch beyond
+        it: ``z_FE`` is made independent of the batch *given* the label, so a cell type
+        missing from some batches is not erased with the batch.
     """
+
+    random_effect_modes = ("mixed", "random")
 
     def __init__(
         self,
@@ -88,7 +88,7 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         n_batch: int,
         mode: str = "mixed",
         likelihood: str = "nb",
-        n_latent_fe: int = 10,
+        n_latent: int = 10,
         n_latent_re: int = 5,
         n_hidden: int = 128,
         n_layers: int = 1,
@@ -106,7 +106,6 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         classification_weight: float = 1.0,
         conditional_adversary: bool = True,
     ):
-        super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if likelihood not in LIKELIHOODS:
@@ -117,32 +116,25 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             raise ValueError(
                 f"adversary_weight must be 'auto' or a number, got {adversary_weight!r}."
             )
-        check_objective(adversary_objective)
+        super().__init__(n_batch, mode, n_labels, conditional_adversary, adversary_objective,
+                         classification_weight)
         self.n_input = n_input
-        self.n_batch = n_batch
-        # Batches seen in training: the size of the adversary, the batch heads and the
-        # Z-predictor. n_batch (random-effect rows) grows when new batches are adapted.
-        self.n_batch_reference = n_batch
-        self.n_labels = n_labels
-        self.classification_weight = classification_weight
-        self.init_label_conditioning(conditional_adversary, n_labels, n_batch)
-        self.mode = mode
         self.likelihood = likelihood
-        self.n_latent = n_latent_fe
+        self.n_latent = n_latent
         self.n_latent_re = n_latent_re
         self.adversary_on = adversary_on
         self.adversary_weight = adversary_weight
         self.adversary_scale = adversary_scale
-        self.adversary_objective = adversary_objective
         self.fe_reconstruction_weight = fe_reconstruction_weight
         self.detach_fe_reconstruction = detach_fe_reconstruction
         self.re_batch_weight = re_batch_weight
 
-        self.encoder = FixedEffectsEncoder(n_input, n_latent_fe, n_hidden, n_layers, dropout_rate)
+        # Submodules are built in a fixed order: it sets which random draws initialise which.
+        self.encoder = FixedEffectsEncoder(n_input, n_latent, n_hidden, n_layers, dropout_rate)
         self.decoder = MixedEffectsDecoder(
-            n_latent_fe,
+            n_latent,
             n_input,
-            n_clusters=0 if mode == "fixed" else n_batch,
+            n_batch=n_batch if self.has_random_effects else 0,
             n_hidden=n_hidden,
             n_layers=n_layers,
             dropout_rate=dropout_rate,
@@ -153,9 +145,7 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         if likelihood in ("nb", "zinb"):
             self.log_theta = nn.Parameter(torch.zeros(n_input))
         if self.has_adversary:
-            n_adv_in = n_latent_fe + (n_hidden * n_layers if adversary_on == "all" else 0)
-            n_adv_in += self.n_adversary_label_inputs
-            self.adversary = Classifier(n_adv_in, n_batch, n_hidden=64)
+            self._add_adversary(n_latent + (n_hidden * n_layers if adversary_on == "all" else 0))
         if self.has_random_encoder:
             self.re_encoder = RandomEffectsEncoder(
                 n_hidden, n_batch, n_latent_re, n_hidden=64, prior_sd=hidden_prior_sd
@@ -164,15 +154,12 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             # z_RE reconstructs the batch effect the decoder applies to this cell.
             self.re_effect_decoder = nn.Linear(n_latent_re, n_input)
         if self.has_random_effects:
-            # Z-predictor: batch probabilities from the (normalised) input, for cells of
-            # batches never seen in training. Its temperature is fitted on held-out cells.
-            self.z_predictor = Classifier(n_input, n_batch, n_hidden=32)
-            self.register_buffer("z_temperature", torch.tensor(1.0))
+            self._add_z_predictor(Classifier(n_input, n_batch, n_hidden=32))
         if n_labels > 0:
             self.label_head = MixedEffectsClassifier(
-                n_latent_fe,
+                n_latent,
                 n_labels,
-                n_clusters=n_batch if self.has_random_effects else 0,
+                n_batch=n_batch if self.has_random_effects else 0,
                 prior_sd=hidden_prior_sd,
             )
         # Running mean of the per-cell reconstruction loss, for adversary_weight="auto".
@@ -180,32 +167,8 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
 
     @property
     def has_adversary(self) -> bool:
+        """Whether an adversary removes the batch from ``z_FE`` (modes mixed and fixed)."""
         return self.mode in ("mixed", "fixed")
-
-    @property
-    def has_random_encoder(self) -> bool:
-        return self.mode in ("mixed", "random")
-
-    @property
-    def has_random_effects(self) -> bool:
-        return self.mode in ("mixed", "random")
-
-    # ------------------------------------------------------------------ design matrix
-    def _resolve_design(
-        self, batch_index: torch.Tensor, transform_batch: int | torch.Tensor | None
-    ) -> torch.Tensor:
-        """The design used for decoding: observed batch, a fixed batch, a given Z, or Z = 0.
-
-        ``transform_batch`` may be an integer code, a ``(n_batch,)`` or ``(batch, n_batch)``
-        tensor of (soft) memberships, or ``None`` for the observed batch.
-        """
-        if transform_batch is None:
-            return self.design_matrix(batch_index)
-        if isinstance(transform_batch, torch.Tensor) and transform_batch.dtype.is_floating_point:
-            design = transform_batch.to(batch_index.device)
-            return design.expand(batch_index.shape[0], self.n_batch)
-        code = torch.full_like(batch_index, int(transform_batch))
-        return self.design_matrix(code)
 
     def _normalise(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder input (log-normalised counts) and library size."""
@@ -214,17 +177,19 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             return torch.log1p(x / library.clamp(min=1.0) * NORMALISATION_TARGET), library
         return x, torch.ones_like(x[..., :1])
 
-    @torch.no_grad()
-    def add_clusters(self, init_design: torch.Tensor) -> None:
-        """Give ``n_new`` new batches random effects; row ``i`` starts at ``init_design[i] @ U``.
+    # ------------------------------------------------------------------ public interface
+    def encode_re(self, x: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
+        """``z_RE`` of raw counts ``x`` under ``design``."""
+        hidden = self.encoder(self._normalise(x)[0])[1]
+        return self.re_encoder(hidden[0], design)
 
-        ``init_design`` has shape ``(n_new, n_batch)`` (e.g. the mean soft ``Z`` of the new
-        batch's cells), so a new batch starts as the mixture of the seen batches it resembles.
+    def decode(self, z: torch.Tensor, design: torch.Tensor | None) -> torch.Tensor:
+        """Expression proportions (log-normalised values for ``"gaussian"``) of ``z_FE``.
+
+        ``design=None`` gives the batch-free (``Z = 0``) expression.
         """
-        for module in self.modules():
-            if isinstance(module, RandomEffect):
-                module.add_clusters(init_design.to(module.loc) @ module.loc)
-        self.n_batch += init_design.shape[0]
+        eta, _ = self.decoder(z, design)
+        return eta if self.likelihood == "gaussian" else torch.softmax(eta, dim=-1)
 
     # ------------------------------------------------------------------ inference
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
@@ -237,16 +202,15 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
     def inference(
         self,
         x: torch.Tensor,
-        batch_index: torch.Tensor,
-        n_samples: int = 1,
+        batch_index: torch.Tensor | None,
         design: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Encode ``x`` into ``z_FE`` (and ``z_RE`` when the mode has an RE encoder).
 
-        ``design`` overrides the one-hot batch membership used by the RE encoder (soft or
-        zero ``Z`` for unseen clusters). ``labels`` only pass through, for the
-        label-conditional adversary.
+        ``design`` overrides the one-hot batch membership of ``batch_index`` (soft or zero
+        ``Z`` for unseen batches). ``labels`` only pass through, for the label-conditional
+        adversary.
         """
         x_in, library = self._normalise(x)
         z, hidden = self.encoder(x_in)
@@ -266,10 +230,6 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         if self.has_random_encoder:
             # Detached: the RE path learns batch structure without pulling it into the FE trunk.
             out["z_re"] = self.re_encoder(hidden[0].detach(), design)
-        if n_samples > 1:
-            # The latent is deterministic: repeat it so scvi helpers that sample still work.
-            for key in ("z", "qzm", "qzv", "library"):
-                out[key] = out[key].unsqueeze(0).expand(n_samples, *out[key].shape)
         return out
 
     # ------------------------------------------------------------------ generative
@@ -279,7 +239,7 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         return {
             "z": inference_outputs["z"],
             "library": inference_outputs["library"],
-            "batch_index": tensors["batch"],
+            "design": inference_outputs["design"],
         }
 
     def _distribution(self, eta: torch.Tensor, dropout: torch.Tensor | None, library):
@@ -296,21 +256,15 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
 
     @auto_move_data
     def generative(
-        self,
-        z: torch.Tensor,
-        library: torch.Tensor,
-        batch_index: torch.Tensor,
-        transform_batch: int | torch.Tensor | None = None,
-        fixed_effects_only: bool = False,
+        self, z: torch.Tensor, library: torch.Tensor, design: torch.Tensor | None
     ) -> dict:
-        """Decode ``z_FE`` with the batch's random effects (``px``) and with ``Z = 0``.
+        """Decode ``z_FE`` with the design's random effects (``px``) and with ``Z = 0``.
 
-        ``px`` is the mixed-effects output (in ``"fixed"`` mode, and with
-        ``fixed_effects_only=True``, it is the FE output). ``px_fe`` is the FE-only output.
+        ``px`` is the mixed-effects output; in ``"fixed"`` mode, or with ``design=None``, it
+        is the FE output. ``px_fe`` is the FE-only output.
         """
         out: dict = {}
-        if self.has_random_effects and not fixed_effects_only:
-            design = self._resolve_design(batch_index, transform_batch)
+        if self.has_random_effects and design is not None:
             eta_me, drop_me = self.decoder(z, design)
             out["eta"] = eta_me
             out["px"] = self._distribution(eta_me, drop_me, library)
@@ -360,15 +314,6 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         if self.adversary_on == "all":
             z = torch.cat([*inference_outputs["hidden"], z], dim=-1)
         return self.with_label(z, inference_outputs)
-
-    def random_effects_kl(self) -> torch.Tensor:
-        """Analytic KL of every random-effect posterior against its prior (a scalar)."""
-        kl = self.decoder.kl_divergence()
-        if self.has_random_encoder:
-            kl = kl + self.re_encoder.kl_divergence()
-        if self.n_labels > 0:
-            kl = kl + self.label_head.kl_divergence()
-        return kl
 
     def current_adversary_weight(self) -> float | torch.Tensor:
         """``lambda_g`` before warm-up: a number, or the reconstruction-scaled ``"auto"``.
@@ -421,15 +366,7 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             scale = self.reconstruction_scale
             scale.copy_(torch.where(torch.isnan(scale), current, 0.99 * scale + 0.01 * current))
 
-        if self.has_adversary:
-            logits = self.adversary(self.adversary_input(inference_outputs))
-            weight = self.current_adversary_weight() * adversary_warmup
-            term, adv_metrics = adversary_penalty(
-                logits, target, weight, self.adversary_objective,
-                self.adversary_prior(inference_outputs),
-            )
-            loss = loss + term
-            metrics.update(adv_metrics)
+        loss = loss + self.adversary_term(inference_outputs, target, adversary_warmup, metrics)
 
         if self.has_random_encoder:
             z_re = inference_outputs["z_re"]
@@ -438,29 +375,9 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
             head_ce = F.cross_entropy(head_logits, target)
             loss = loss + effect_mse.mean() + self.re_batch_weight * head_ce
             metrics["re_effect_mse"] = effect_mse.mean().detach()
-            metrics["re_batch_accuracy"] = (
-                (head_logits.argmax(-1) == target).float().mean().detach()
-            )
+            metrics["re_batch_accuracy"] = accuracy(head_logits, target)
 
-        if self.has_random_effects:
-            z_logits = self.z_predictor(inference_outputs["x_in"])
-            loss = loss + F.cross_entropy(z_logits, target)
-            metrics["z_predictor_accuracy"] = (
-                (z_logits.argmax(-1) == target).float().mean().detach()
-            )
-
-        if self.n_labels > 0:
-            labels = tensors["labels"].view(-1).long()
-            fe_logits, me_logits = self.label_head(
-                inference_outputs["z"], inference_outputs["design"]
-            )
-            label_ce = F.cross_entropy(fe_logits, labels)
-            if self.has_random_effects:
-                label_ce = label_ce + F.cross_entropy(me_logits, labels)
-            loss = loss + self.classification_weight * label_ce
-            metrics["label_accuracy_fe"] = (fe_logits.argmax(-1) == labels).float().mean().detach()
-            metrics["label_accuracy_me"] = (me_logits.argmax(-1) == labels).float().mean().detach()
-
+        loss = self.shared_losses(tensors, inference_outputs, metrics, loss)
         kl = self.random_effects_kl()
         loss = loss + kl_weight * kl / max(n_obs, 1)
         return LossOutput(
@@ -501,12 +418,3 @@ class ArmedVAEModule(AdversaryMixin, BatchDesignMixin, BaseModuleClass):
         if self.has_random_encoder:
             loss = loss + self._effect_mse(inference_outputs["z_re"], generative_outputs).mean()
         return loss + self.random_effects_kl() / max(n_obs, 1)
-
-    @torch.inference_mode()
-    def sample(self, tensors: dict[str, torch.Tensor], n_samples: int = 1) -> torch.Tensor:
-        """Draw counts from the mixed-effects output (the predicted values for ``"gaussian"``)."""
-        _, gen = self.forward(tensors, compute_loss=False)
-        px = gen["px"]
-        if self.likelihood == "gaussian":
-            return px
-        return px.sample((n_samples,)) if n_samples > 1 else px.sample()

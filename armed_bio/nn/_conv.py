@@ -41,7 +41,7 @@ class ConvEncoder(nn.Module):
         Size of the output vector.
     channels
         Output channels of each stride-2 block.
-    n_clusters
+    n_batch
         ``> 0`` puts a FiLM random effect after every normalisation (the random-effects
         encoder); ``0`` gives a plain fixed-effects backbone.
     prior_sd
@@ -54,7 +54,7 @@ class ConvEncoder(nn.Module):
         image_size: tuple[int, int],
         n_latent: int,
         channels: tuple[int, ...] = (16, 32, 64, 64),
-        n_clusters: int = 0,
+        n_batch: int = 0,
         prior_sd: float = 0.25,
     ):
         super().__init__()
@@ -66,8 +66,8 @@ class ConvEncoder(nn.Module):
         )
         self.norms = nn.ModuleList([nn.GroupNorm(_groups(c), c) for c in channels])
         self.films = (
-            nn.ModuleList([FiLM(n_clusters, c, prior_sd) for c in channels])
-            if n_clusters > 0 else None
+            nn.ModuleList([FiLM(n_batch, c, prior_sd) for c in channels])
+            if n_batch > 0 else None
         )
         self.sizes = encoder_sizes(image_size, len(channels))
         h, w = self.sizes[-1]
@@ -108,7 +108,7 @@ class MixedEffectsConvDecoder(nn.Module):
     SiLU``. Output: upsample to the image size, a 3 x 3 conv to the image channels, then a
     random per-channel gain and offset, ``y * (1 + s(Z)) + o(Z)`` (plate-specific illumination
     and contrast). ``Z = 0`` (``design=None``) gives the fixed-effects, batch-free image;
-    ``n_clusters = 0`` gives a decoder without random effects.
+    ``n_batch = 0`` gives a decoder without random effects.
     """
 
     def __init__(
@@ -117,7 +117,7 @@ class MixedEffectsConvDecoder(nn.Module):
         n_channels: int,
         image_size: tuple[int, int],
         channels: tuple[int, ...] = (16, 32, 64, 64),
-        n_clusters: int = 0,
+        n_batch: int = 0,
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
     ):
@@ -139,12 +139,12 @@ class MixedEffectsConvDecoder(nn.Module):
         )
         self.norms = nn.ModuleList([nn.GroupNorm(_groups(c), c) for c in outs])
         self.out = nn.Conv2d(rev[-1], n_channels, 3, padding=1)
-        self.has_random_effects = n_clusters > 0
+        self.has_random_effects = n_batch > 0
         if self.has_random_effects:
-            self.start_film = FiLM(n_clusters, channels[-1], hidden_prior_sd)
-            self.films = nn.ModuleList([FiLM(n_clusters, c, hidden_prior_sd) for c in outs])
-            self.output_scale = RandomEffect(n_clusters, n_channels, output_prior_sd)
-            self.output_offset = RandomEffect(n_clusters, n_channels, output_prior_sd)
+            self.start_film = FiLM(n_batch, channels[-1], hidden_prior_sd)
+            self.films = nn.ModuleList([FiLM(n_batch, c, hidden_prior_sd) for c in outs])
+            self.output_scale = RandomEffect(n_batch, n_channels, output_prior_sd)
+            self.output_offset = RandomEffect(n_batch, n_channels, output_prior_sd)
 
     def forward(self, z: torch.Tensor, design: torch.Tensor | None) -> torch.Tensor:
         use_re = self.has_random_effects and design is not None

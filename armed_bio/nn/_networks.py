@@ -66,13 +66,13 @@ class RandomEffectsEncoder(nn.Module):
     """Encoder ``(h, Z) -> z_RE`` whose hidden layers carry FiLM random effects.
 
     It reads the first hidden layer of the fixed-effects encoder (the expensive genes x hidden
-    product is computed once) and modulates every hidden layer per cluster.
+    product is computed once) and modulates every hidden layer per batch.
     """
 
     def __init__(
         self,
         n_input: int,
-        n_clusters: int,
+        n_batch: int,
         n_latent: int = 5,
         n_hidden: int = 64,
         n_layers: int = 1,
@@ -84,7 +84,7 @@ class RandomEffectsEncoder(nn.Module):
             [nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)]
         )
         self.norms = nn.ModuleList([nn.LayerNorm(b, elementwise_affine=False) for b in dims[1:]])
-        self.films = nn.ModuleList([FiLM(n_clusters, b, prior_sd) for b in dims[1:]])
+        self.films = nn.ModuleList([FiLM(n_batch, b, prior_sd) for b in dims[1:]])
         self.out = nn.Linear(dims[-1], n_latent)
 
     def forward(self, h: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
@@ -101,7 +101,7 @@ class MixedEffectsDecoder(nn.Module):
 
     Hidden layers: ``relu((1 + gamma(Z)) * norm(W h) + beta(Z))``. Output: per-gene linear
     predictor ``eta`` with a random per-gene scale and offset, ``eta * (1 + s(Z)) + o(Z)``.
-    ``Z = 0`` gives the fixed-effects (batch-free) output. With ``n_clusters = 0`` the decoder
+    ``Z = 0`` gives the fixed-effects (batch-free) output. With ``n_batch = 0`` the decoder
     has no random effects at all (scMEDAL-FE).
     """
 
@@ -109,7 +109,7 @@ class MixedEffectsDecoder(nn.Module):
         self,
         n_latent: int,
         n_output: int,
-        n_clusters: int,
+        n_batch: int,
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
@@ -118,7 +118,7 @@ class MixedEffectsDecoder(nn.Module):
         zero_inflation: bool = False,
     ):
         super().__init__()
-        self.has_random_effects = n_clusters > 0
+        self.has_random_effects = n_batch > 0
         dims = [n_latent] + [n_hidden] * n_layers
         self.blocks = nn.ModuleList(
             [_dense_block(a, b, dropout_rate) for a, b in zip(dims[:-1], dims[1:], strict=True)]
@@ -127,10 +127,10 @@ class MixedEffectsDecoder(nn.Module):
         self.dropout_logits = nn.Linear(dims[-1], n_output) if zero_inflation else None
         if self.has_random_effects:
             self.films = nn.ModuleList(
-                [FiLM(n_clusters, b, hidden_prior_sd) for b in dims[1:]]
+                [FiLM(n_batch, b, hidden_prior_sd) for b in dims[1:]]
             )
-            self.output_scale = RandomEffect(n_clusters, n_output, output_prior_sd)
-            self.output_offset = RandomEffect(n_clusters, n_output, output_prior_sd)
+            self.output_scale = RandomEffect(n_batch, n_output, output_prior_sd)
+            self.output_offset = RandomEffect(n_batch, n_output, output_prior_sd)
 
     def forward(
         self, z: torch.Tensor, design: torch.Tensor | None
@@ -182,24 +182,24 @@ class MixedEffectsClassifier(nn.Module):
     ``h = relu(W1 z_FE)``; FE logit ``W2 h + b``; ME logit
     ``W2 (h * (1 + u_1(Z))) + b + u_0(Z)``: random slopes on the features before the output
     layer and a random intercept on the logit. ``Z = 0`` makes the two logits equal. With
-    ``n_clusters = 0`` there is only the FE logit.
+    ``n_batch = 0`` there is only the FE logit.
     """
 
     def __init__(
         self,
         n_latent: int,
         n_labels: int,
-        n_clusters: int,
+        n_batch: int,
         n_hidden: int = 64,
         prior_sd: float = 0.25,
     ):
         super().__init__()
         self.hidden = nn.Linear(n_latent, n_hidden)
         self.out = nn.Linear(n_hidden, n_labels)
-        self.has_random_effects = n_clusters > 0
+        self.has_random_effects = n_batch > 0
         if self.has_random_effects:
-            self.slopes = RandomEffect(n_clusters, n_hidden, prior_sd)
-            self.intercept = RandomEffect(n_clusters, n_labels, prior_sd)
+            self.slopes = RandomEffect(n_batch, n_hidden, prior_sd)
+            self.intercept = RandomEffect(n_batch, n_labels, prior_sd)
 
     def forward(
         self, z: torch.Tensor, design: torch.Tensor | None

@@ -1,9 +1,9 @@
-"""Bayesian random-effects layers: the cluster-specific part of an ARMED network.
+"""Bayesian random-effects layers: the batch-specific part of an ARMED network.
 
-A random effect is a parameter vector ``u_k`` per cluster ``k`` (batch, donor, plate) with a
+A random effect is a parameter vector ``u_k`` per batch ``k`` (batch, donor, plate) with a
 Gaussian variational posterior ``q(u_k) = N(mu_k, sigma_k^2)`` and a zero-mean Gaussian prior
 ``p(u_k) = N(0, s^2)``. A layer receives a design matrix ``Z`` (one-hot, soft probabilities,
-or all zeros) and returns ``Z @ U``: one-hot selects a cluster, soft ``Z`` mixes clusters and
+or all zeros) and returns ``Z @ U``: one-hot selects a batch, soft ``Z`` mixes batches and
 ``Z = 0`` switches the random effect off (fixed effects only).
 """
 
@@ -25,32 +25,32 @@ def _inverse_softplus(x: float) -> float:
 
 
 class RandomEffect(nn.Module):
-    """Per-cluster Gaussian random effect of dimension ``n_features``.
+    """Per-batch Gaussian random effect of dimension ``n_features``.
 
     Parameters
     ----------
-    n_clusters
-        Number of clusters (rows of ``U``).
+    n_batch
+        Number of batches (rows of ``U``).
     n_features
-        Size of each cluster's effect vector.
+        Size of each batch's effect vector.
     prior_sd
         Standard deviation ``s`` of the zero-mean Gaussian prior; the amount of shrinkage.
     """
 
-    def __init__(self, n_clusters: int, n_features: int, prior_sd: float = 0.25):
+    def __init__(self, n_batch: int, n_features: int, prior_sd: float = 0.25):
         super().__init__()
         if prior_sd <= 0:
             raise ValueError(f"prior_sd must be positive, got {prior_sd}.")
-        self.n_clusters = n_clusters
+        self.n_batch = n_batch
         self.n_features = n_features
         self.prior_sd = float(prior_sd)
-        self.loc = nn.Parameter(torch.zeros(n_clusters, n_features))
+        self.loc = nn.Parameter(torch.zeros(n_batch, n_features))
         init = _inverse_softplus(_INIT_SD_FRACTION * prior_sd)
-        self.raw_scale = nn.Parameter(torch.full((n_clusters, n_features), init))
+        self.raw_scale = nn.Parameter(torch.full((n_batch, n_features), init))
 
     @property
     def scale(self) -> torch.Tensor:
-        """Posterior standard deviations, shape ``(n_clusters, n_features)``."""
+        """Posterior standard deviations, shape ``(n_batch, n_features)``."""
         return F.softplus(self.raw_scale) + 1e-6
 
     def sample(self) -> torch.Tensor:
@@ -60,12 +60,12 @@ class RandomEffect(nn.Module):
         return self.loc
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Return ``Z @ U`` for a design matrix ``z`` of shape ``(batch, n_clusters)``."""
+        """Return ``Z @ U`` for a design matrix ``z`` of shape ``(batch, n_batch)``."""
         return z @ self.sample()
 
     @torch.no_grad()
-    def add_clusters(self, init_loc: torch.Tensor) -> None:
-        """Append clusters whose posterior means start at ``init_loc`` (``(n_new, n_features)``).
+    def add_batches(self, init_loc: torch.Tensor) -> None:
+        """Append batches whose posterior means start at ``init_loc`` (``(n_new, n_features)``).
 
         Their posterior s.d. starts at the usual small value. Used to give new batches their
         own random effects (:meth:`armed_bio.model.ArmedRNA.adapt`).
@@ -74,10 +74,10 @@ class RandomEffect(nn.Module):
         raw = torch.full_like(init_loc, _inverse_softplus(_INIT_SD_FRACTION * self.prior_sd))
         self.loc = nn.Parameter(torch.cat([self.loc.detach(), init_loc]))
         self.raw_scale = nn.Parameter(torch.cat([self.raw_scale.detach(), raw]))
-        self.n_clusters = self.loc.shape[0]
+        self.n_batch = self.loc.shape[0]
 
     def kl_divergence(self) -> torch.Tensor:
-        """Analytic ``KL(q(U) || p(U))`` summed over clusters and features (a scalar)."""
+        """Analytic ``KL(q(U) || p(U))`` summed over batches and features (a scalar)."""
         scale = self.scale
         ratio = (scale / self.prior_sd) ** 2
         mean_term = (self.loc / self.prior_sd) ** 2
@@ -87,14 +87,14 @@ class RandomEffect(nn.Module):
 class FiLM(nn.Module):
     """Random feature-wise scale and shift: ``(1 + gamma(Z)) * h + beta(Z)``.
 
-    Applied after a normalisation layer, so that each cluster can rescale and shift every
+    Applied after a normalisation layer, so that each batch can rescale and shift every
     hidden unit, as in the random-effects encoder and decoder of ARMED/scMEDAL.
     """
 
-    def __init__(self, n_clusters: int, n_features: int, prior_sd: float = 0.25):
+    def __init__(self, n_batch: int, n_features: int, prior_sd: float = 0.25):
         super().__init__()
-        self.gamma = RandomEffect(n_clusters, n_features, prior_sd)
-        self.beta = RandomEffect(n_clusters, n_features, prior_sd)
+        self.gamma = RandomEffect(n_batch, n_features, prior_sd)
+        self.beta = RandomEffect(n_batch, n_features, prior_sd)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Modulate ``h`` of shape ``(batch, features)`` or ``(batch, channels, H, W)``."""

@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 from matplotlib.figure import Figure
-from scipy import sparse
 
-from .._constants import NORMALISATION_TARGET
 from .._validation import check_anndata, get_matrix
+from ..pp._normalise import log_normalised
 from ..tl import gene_grid, grid_shape
 from ._utils import cell_positions, finish, quiet_routes
 
@@ -47,12 +46,10 @@ def condition_profiles(
     the model's batches.
     """
     layer = model.registry_["setup_args"].get("layer")
-    counts = get_matrix(adata, layer)[positions]
-    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
+    observed = log_normalised(get_matrix(adata, layer)[positions])
     gene_pos = pd.Index(adata.var_names).get_indexer(genes)
-    observed = counts[:, gene_pos] / counts.sum(axis=1, keepdims=True) * NORMALISATION_TARGET
     names = adata.obs_names[positions]
-    profiles = {OBSERVED_ROW: pd.DataFrame(np.log1p(observed), index=names, columns=genes)}
+    profiles = {OBSERVED_ROW: pd.DataFrame(observed[:, gene_pos], index=names, columns=genes)}
     with quiet_routes():
         for batch in [None, *model.batch_categories_]:
             expr = model.get_counterfactual_expression(

@@ -10,8 +10,6 @@ from matplotlib.figure import Figure
 
 from ._utils import category_colors, finish
 
-OFFSET_LAYER = "decoder.output_offset"
-
 
 def random_effects(
     model,
@@ -48,7 +46,7 @@ def random_effects(
     colors = category_colors(len(batches))
 
     top = list(model.get_gene_batch_variance().index[:n_genes])
-    offsets = table[(table["layer"] == OFFSET_LAYER) & table["unit"].isin(top)]
+    offsets = table[(table["layer"] == model.module.output_offset_layer) & table["unit"].isin(top)]
     fig, (ax_l, ax_r) = plt.subplots(
         1, 2, figsize=(12, max(3.5, 0.25 * max(len(layers) * 1.3, n_genes) + 1.5)),
         gridspec_kw={"width_ratios": [1.1, 1.0]},

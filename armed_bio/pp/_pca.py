@@ -5,6 +5,7 @@ from __future__ import annotations
 import scanpy as sc
 from anndata import AnnData
 
+from .._constants import NORMALISATION_TARGET
 from .._validation import check_anndata, check_likelihood, get_matrix, matrix_name
 
 
@@ -13,7 +14,7 @@ def log_pca(
     n_comps: int = 30,
     layer: str | None = None,
     key_added: str = "X_pca",
-    target_sum: float = 1e4,
+    target_sum: float = NORMALISATION_TARGET,
     seed: int = 0,
 ) -> None:
     """PCA of library-normalised, log1p counts, written to ``adata.obsm[key_added]``.

@@ -9,8 +9,15 @@ from anndata import AnnData
 
 from .._validation import check_anndata, check_likelihood, get_matrix, matrix_name
 from ..model import ArmedRNA
+from ..model._base import RENAMED_ARGUMENTS
+from ..module import ArmedVAEModule
 
-_MODEL_ARGS = set(inspect.signature(ArmedRNA.__init__).parameters) - {"self", "adata"}
+# Keyword arguments that go to the model (its own and its module's); the rest go to train().
+_MODEL_ARGS = (
+    set(inspect.signature(ArmedRNA.__init__).parameters)
+    | set(inspect.signature(ArmedVAEModule.__init__).parameters)
+    | set(RENAMED_ARGUMENTS)
+) - {"self", "adata", "module_kwargs", *ArmedRNA._data_arguments}
 
 
 def armed(
@@ -37,7 +44,7 @@ def armed(
     seed
         Seed for initialisation and training.
     **kwargs
-        Model arguments (``mode``, ``likelihood``, ``n_latent_fe``, ...) and training
+        Model arguments (``mode``, ``likelihood``, ``n_latent``, ...) and training
         arguments (``max_epochs``, ``batch_size``, ``accelerator``, ...), told apart by name.
 
     Returns

@@ -14,20 +14,13 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
 from .._validation import check_anndata, check_likelihood, get_matrix, matrix_name
+from ..pp._normalise import log_normalised
 
 MAX_GRID_GENES = 4096
-
-
-def _log_normalised(counts, target_sum: float = 1e4) -> np.ndarray:
-    counts = counts.toarray() if sparse.issparse(counts) else np.asarray(counts)
-    counts = counts.astype(np.float64)
-    library = counts.sum(axis=1, keepdims=True)
-    return np.log1p(counts / np.maximum(library, 1.0) * target_sum)
 
 
 def _classical_mds(distance: np.ndarray) -> np.ndarray:
@@ -97,7 +90,7 @@ def gene_grid(
     cells = np.arange(adata.n_obs)
     if adata.n_obs > max_cells:
         cells = np.sort(np.random.default_rng(seed).choice(adata.n_obs, max_cells, replace=False))
-    expression = _log_normalised(counts[cells])[:, positions]
+    expression = log_normalised(counts[cells])[:, positions]
     if (expression.std(axis=0) == 0).any():
         flat = names[positions][expression.std(axis=0) == 0].tolist()
         raise ValueError(

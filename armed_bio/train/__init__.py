@@ -1,6 +1,13 @@
 """Training plans for ARMED models, and post-hoc calibration."""
 
+from ._adaptation import AdaptationTrainingPlan, QueryMinibatches, fit_new_batches
 from ._calibration import fit_temperature
 from ._trainingplan import ArmedTrainingPlan
 
-__all__ = ["ArmedTrainingPlan", "fit_temperature"]
+__all__ = [
+    "AdaptationTrainingPlan",
+    "ArmedTrainingPlan",
+    "QueryMinibatches",
+    "fit_new_batches",
+    "fit_temperature",
+]

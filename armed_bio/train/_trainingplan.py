@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from scvi.train import TrainingPlan
 
-from ..module._armed_vae import ArmedVAEModule
-from ..nn import RandomEffect
+from ..module import ArmedModuleBase
 
 
 class ArmedTrainingPlan(TrainingPlan):
@@ -20,7 +19,7 @@ class ArmedTrainingPlan(TrainingPlan):
     Parameters
     ----------
     module
-        An :class:`~armed_bio.module.ArmedVAEModule`.
+        An ARMED module (a :class:`~armed_bio.module.ArmedModuleBase` subclass).
     lr
         Learning rate of the main optimizer (Adam).
     adversary_lr
@@ -40,7 +39,7 @@ class ArmedTrainingPlan(TrainingPlan):
 
     def __init__(
         self,
-        module: ArmedVAEModule,
+        module: ArmedModuleBase,
         *,
         lr: float = 1e-3,
         adversary_lr: float = 1e-3,
@@ -184,8 +183,8 @@ class ArmedTrainingPlan(TrainingPlan):
         if self.module.has_adversary:
             adversary = {id(p) for p in self.module.adversary.parameters()}
         random_effects = {
-            id(p) for m in self.module.modules() if isinstance(m, RandomEffect)
-            for p in m.parameters()
+            id(p) for entry in self.module.random_effect_layers().values()
+            for p in entry.layer.parameters()
         }
         trainable = [
             p for p in self.module.parameters() if p.requires_grad and id(p) not in adversary

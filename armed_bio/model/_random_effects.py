@@ -7,36 +7,32 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from ..nn import RandomEffect
-
 
 def random_effects_table(
-    module, batches: Sequence, genes: Sequence[str], labels: Sequence[str]
+    module, batches: Sequence, outputs: Sequence[str], labels: Sequence[str]
 ) -> pd.DataFrame:
     """One row per batch x random-effect layer x unit: posterior mean and s.d.
 
-    Units are gene names for the decoder's per-gene output scale and offset, label names for
-    the label head's intercept, and hidden-unit numbers (as strings) otherwise.
+    Units are ``outputs`` (gene names) for the decoder's per-output scale and offset, label
+    names for the label head's intercept, and hidden-unit numbers (as strings) otherwise.
     """
     frames = []
-    for name, layer in module.named_modules():
-        if not isinstance(layer, RandomEffect):
-            continue
+    for name, (layer, units) in module.random_effect_layers().items():
         mean = layer.loc.detach().cpu().numpy()
         sd = layer.scale.detach().cpu().numpy()
-        if name.startswith("decoder.output_"):
-            units = np.asarray(genes, dtype=object)
-        elif name == "label_head.intercept":
-            units = np.asarray(labels, dtype=object)
+        if units in ("gene", "channel"):
+            unit_names = np.asarray(outputs, dtype=object)
+        elif units == "label":
+            unit_names = np.asarray(labels, dtype=object)
         else:
-            units = np.arange(layer.n_features).astype(str).astype(object)
+            unit_names = np.arange(layer.n_features).astype(str).astype(object)
         n_batch, n_units = mean.shape
         frames.append(
             pd.DataFrame(
                 {
                     "batch": np.repeat(np.asarray(batches, dtype=object)[:n_batch], n_units),
                     "layer": name,
-                    "unit": np.tile(units, n_batch),
+                    "unit": np.tile(unit_names, n_batch),
                     "mean": mean.ravel(),
                     "sd": sd.ravel(),
                 }
@@ -54,8 +50,9 @@ def gene_batch_variance(module, batches: Sequence, genes: Sequence[str]) -> pd.D
     The offset is a per-gene, per-batch log fold change of the expression (before the softmax
     over genes), so ``offset_variance`` ranks genes by how much batches shift them.
     """
-    offset = module.decoder.output_offset.loc.detach().cpu().numpy()
-    scale = module.decoder.output_scale.loc.detach().cpu().numpy()
+    layers = module.random_effect_layers()
+    offset = layers[module.output_offset_layer].layer.loc.detach().cpu().numpy()
+    scale = layers[module.output_scale_layer].layer.loc.detach().cpu().numpy()
     batches = np.asarray(batches, dtype=object)[: offset.shape[0]]
     table = pd.DataFrame(
         {
