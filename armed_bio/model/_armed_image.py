@@ -9,10 +9,8 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from .. import _validation as check
 from .._docs import module_parameters
 from ..module import ArmedImageModule
-from ..train import ArmedTrainingPlan
 from ._image_base import ArmedImageModelBase
 
 
@@ -36,7 +34,6 @@ class ArmedImage(ArmedImageModelBase):
     """
 
     _module_cls = ArmedImageModule
-    _training_plan_cls = ArmedTrainingPlan
 
     def __init__(
         self,
@@ -45,10 +42,7 @@ class ArmedImage(ArmedImageModelBase):
         seed: int = 0,
         **module_kwargs: Any,
     ):
-        check.check_anndata(adata)
-        super().__init__(adata)
-        module_kwargs = self._check_module_kwargs(module_kwargs)
-        self._build_image_module(seed, {"mode": mode, **module_kwargs})
+        super().__init__(adata, mode, seed, module_kwargs)
         module = self.module
         self._model_summary_string = (
             f"ArmedImage (mode={mode}): images {self.image_shape}, {module.n_batch} batches, "

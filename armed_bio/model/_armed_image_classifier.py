@@ -6,10 +6,8 @@ from typing import Any
 
 from anndata import AnnData
 
-from .. import _validation as check
 from .._docs import module_parameters
 from ..module import ArmedCNNModule
-from ..train import ArmedTrainingPlan
 from ._image_base import ArmedImageModelBase
 
 
@@ -41,7 +39,6 @@ class ArmedImageClassifier(ArmedImageModelBase):
     """
 
     _module_cls = ArmedCNNModule
-    _training_plan_cls = ArmedTrainingPlan
     _requires_labels = True
 
     def __init__(
@@ -51,10 +48,7 @@ class ArmedImageClassifier(ArmedImageModelBase):
         seed: int = 0,
         **module_kwargs: Any,
     ):
-        check.check_anndata(adata)
-        super().__init__(adata)
-        module_kwargs = self._check_module_kwargs(module_kwargs)
-        self._build_image_module(seed, {"mode": mode, **module_kwargs})
+        super().__init__(adata, mode, seed, module_kwargs)
         module = self.module
         kind = "plain CNN" if mode == "fixed" and not module.has_adversary else f"mode={mode}"
         self._model_summary_string = (

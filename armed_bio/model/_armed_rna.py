@@ -13,15 +13,14 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.data.fields import LayerField
 
 from .. import _validation as check
 from .._chunks import iter_chunks
 from .._constants import NORMALISATION_TARGET, Likelihood, Mode
 from .._docs import module_parameters
 from ..module import ArmedVAEModule
-from ..train import ArmedTrainingPlan, QueryMinibatches, fit_new_batches
+from ..train import QueryMinibatches, fit_new_batches
 from ._base import ArmedModelBase
 from ._query import UNSEEN, batch_codes, check_genes, check_query_matrix
 from ._random_effects import gene_batch_variance, random_effects_table
@@ -61,7 +60,6 @@ class ArmedRNA(ArmedModelBase):
     """
 
     _module_cls = ArmedVAEModule
-    _training_plan_cls = ArmedTrainingPlan
     _data_arguments = ("n_input", "n_batch", "n_labels")
 
     def __init__(
@@ -121,19 +119,9 @@ class ArmedRNA(ArmedModelBase):
         """
         setup_method_args = cls._get_setup_method_args(**locals())  # first: records the args
         check.check_anndata(adata)
-        # When loading a model, a subset of the training data may hold a single batch.
-        loading = "source_registry" in kwargs
-        check.check_batch_key(adata, batch_key, min_batches=1 if loading else 2)
-        check.check_labels_key(adata, labels_key)
         check.check_matrix(check.get_matrix(adata, layer), check.matrix_name(layer))
-        fields = [
-            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-        ]
-        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(adata, **kwargs)
-        cls.register_manager(manager)
+        field = LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False)
+        cls._register(adata, field, batch_key, labels_key, setup_method_args, **kwargs)
 
     # ------------------------------------------------------------------ reading genes
     def _query_chunks(

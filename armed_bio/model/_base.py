@@ -22,11 +22,13 @@ import scvi
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from .. import _validation as check
 from .._constants import FE_OBSM_KEY, RE_OBSM_KEY, UNS_KEY, LatentKind
-from ..train import fit_temperature
+from ..train import ArmedTrainingPlan, fit_temperature
 from . import _save_load
 from ._query import (
     DEFAULT_ENTROPY_THRESHOLD,
@@ -64,6 +66,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     ``_check_saved_inputs`` (what must match when a saved model is loaded onto an AnnData).
     """
 
+    _training_plan_cls = ArmedTrainingPlan
     _default_target_steps: int = DEFAULT_TARGET_STEPS
     #: Module arguments set from the registered data, never by the user.
     _data_arguments: tuple[str, ...] = ("n_batch", "n_labels")
@@ -114,6 +117,29 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         # Batches with random effects, in code order; adapt() appends new ones.
         self.batch_categories_: list = list(batch_state.categorical_mapping)
         self.train_params_: dict[str, Any] = {}
+
+    @classmethod
+    def _register(
+        cls, adata: AnnData, data_field, batch_key: str | None, labels_key: str | None,
+        setup_method_args: dict, **kwargs,
+    ) -> None:
+        """Check the batch and label columns, then register ``data_field`` with them.
+
+        The data itself is checked by the caller first; nothing is written before every check
+        has passed, so on error ``adata`` is unchanged.
+        """
+        # When loading a model, a subset of the training data may hold a single batch.
+        loading = "source_registry" in kwargs
+        check.check_batch_key(adata, batch_key, min_batches=1 if loading else 2)
+        check.check_labels_key(adata, labels_key)
+        fields = [
+            data_field,
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+        ]
+        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        manager.register_fields(adata, **kwargs)
+        cls.register_manager(manager)
 
     @property
     def _has_labels(self) -> bool:

@@ -7,9 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 from anndata import AnnData
-from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, ObsmField
+from scvi.data.fields import ObsmField
 
 from .. import _validation as check
 from .._chunks import iter_chunks
@@ -54,26 +52,19 @@ class ArmedImageModelBase(ArmedModelBase):
         """
         setup_method_args = cls._get_setup_method_args(**locals())
         check.check_anndata(adata)
-        loading = "source_registry" in kwargs
-        check.check_batch_key(adata, batch_key, min_batches=1 if loading else 2)
-        check.check_labels_key(adata, labels_key)
         if cls._requires_labels and labels_key is None:
             raise ValueError(
                 f"{cls.__name__} predicts labels: pass labels_key= (an adata.obs column)."
             )
         check.check_images(adata, image_key)
-        fields = [
-            ObsmField(IMAGE_KEY, image_key, is_count_data=False),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
-            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-        ]
-        manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(adata, **kwargs)
-        cls.register_manager(manager)
+        field = ObsmField(IMAGE_KEY, image_key, is_count_data=False)
+        cls._register(adata, field, batch_key, labels_key, setup_method_args, **kwargs)
 
-    # ------------------------------------------------------------------ building the module
-    def _build_image_module(self, seed: int, module_kwargs: dict) -> None:
+    def __init__(self, adata: AnnData, mode: str, seed: int, module_kwargs: dict):
         """Build the module from the crops' shape and the user's arguments; fit statistics."""
+        check.check_anndata(adata)
+        super().__init__(adata)
+        module_kwargs = self._check_module_kwargs(module_kwargs)
         key = self.registry_["setup_args"]["image_key"]
         c, h, w = self.adata.obsm[key].shape[1:]
         data = {
@@ -85,7 +76,7 @@ class ArmedImageModelBase(ArmedModelBase):
         for name in ("channels", "re_channels"):
             if name in module_kwargs:
                 module_kwargs[name] = tuple(module_kwargs[name])
-        self._build_module(seed, data, module_kwargs)
+        self._build_module(seed, data, {"mode": mode, **module_kwargs})
         self._fit_image_statistics()
 
     def _fit_image_statistics(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from scvi.module.base import LossOutput, auto_move_data
+from scvi.module.base import auto_move_data
 
 from ..nn import ConvEncoder, MixedEffectsClassifier
 from ._image_base import ArmedImageModuleBase
@@ -94,23 +94,12 @@ class ArmedCNNModule(ArmedImageModuleBase):
         """Nothing: the classifier has no generative part."""
         return {}
 
-    def loss(
-        self,
-        tensors: dict[str, torch.Tensor],
-        inference_outputs: dict,
-        generative_outputs: dict,
-        kl_weight: float = 1.0,
-        n_obs: int = 1,
-        adversary_warmup: float = 1.0,
-    ) -> LossOutput:
-        """``CE_FE + CE_ME + lambda_g * adversary term + CE_Z + kl_weight * KL / n_obs``."""
-        metrics: dict[str, torch.Tensor] = {}
+    def objective(
+        self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
+        adversary_warmup: float, metrics: dict,
+    ) -> tuple[torch.Tensor, None]:
+        """``CE_FE + CE_ME + lambda_g * adversary term + CE_Z`` (no reconstruction)."""
         loss = self.shared_losses(tensors, inference_outputs, metrics)
         target = tensors["batch"].view(-1).long()
         loss = loss + self.adversary_term(inference_outputs, target, adversary_warmup, metrics)
-        kl = self.random_effects_kl()
-        loss = loss + kl_weight * kl / max(n_obs, 1)
-        per_cell = loss.detach().expand(tensors["batch"].shape[0])
-        return LossOutput(loss=loss, reconstruction_loss=per_cell,
-                          kl_local=torch.zeros_like(per_cell), kl_global=kl,
-                          extra_metrics={k: v.detach() for k, v in metrics.items()})
+        return loss, None

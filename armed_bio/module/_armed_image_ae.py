@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from scvi.module.base import LossOutput, auto_move_data
+from scvi.module.base import auto_move_data
 from torch import nn
 from torch.nn import functional as F
 
@@ -125,18 +125,14 @@ class ArmedImageModule(ArmedImageModuleBase):
         """Images in the stored scale decoded from ``z_FE`` with design ``Z`` (``None``: Z=0)."""
         return self.denormalise(self.decoder(z, design))
 
-    def loss(
-        self,
-        tensors: dict[str, torch.Tensor],
-        inference_outputs: dict,
-        generative_outputs: dict,
-        kl_weight: float = 1.0,
-        n_obs: int = 1,
-        adversary_warmup: float = 1.0,
-    ) -> LossOutput:
+    def objective(
+        self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
+        adversary_warmup: float, metrics: dict,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``MSE(x, x_ME) + lambda_F MSE(x, x_FE) + lambda_g * adversary term + CE(re head)
+        + CE(Z-predictor) + w_c CE(labels)`` on standardised pixels."""
         x_in = inference_outputs["x_in"]
         target = tensors["batch"].view(-1).long()
-        metrics: dict[str, torch.Tensor] = {}
         rec = ((generative_outputs["x_me"] - x_in) ** 2).mean(dim=(1, 2, 3))
         loss = rec.mean()
         if self.has_random_effects and self.fe_reconstruction_weight > 0:
@@ -149,7 +145,4 @@ class ArmedImageModule(ArmedImageModuleBase):
             loss = loss + F.cross_entropy(head, target)
             metrics["re_batch_accuracy"] = accuracy(head, target)
         loss = loss + self.shared_losses(tensors, inference_outputs, metrics)
-        kl = self.random_effects_kl()
-        loss = loss + kl_weight * kl / max(n_obs, 1)
-        return LossOutput(loss=loss, reconstruction_loss=rec, kl_local=torch.zeros_like(rec),
-                          kl_global=kl, extra_metrics={k: v.detach() for k, v in metrics.items()})
+        return loss, rec

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from scvi.distributions import NegativeBinomial, Poisson, ZeroInflatedNegativeBinomial
-from scvi.module.base import LossOutput, auto_move_data
+from scvi.module.base import auto_move_data
 from torch import nn
 from torch.nn import functional as F
 
@@ -325,27 +325,18 @@ class ArmedVAEModule(ArmedModuleBase):
             return float(self.adversary_weight)
         return self.adversary_scale * torch.nan_to_num(self.reconstruction_scale, nan=0.0)
 
-    def loss(
-        self,
-        tensors: dict[str, torch.Tensor],
-        inference_outputs: dict,
-        generative_outputs: dict,
-        kl_weight: float = 1.0,
-        n_obs: int = 1,
-        adversary_warmup: float = 1.0,
-    ) -> LossOutput:
-        """ARMED objective per cell.
+    def objective(
+        self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
+        adversary_warmup: float, metrics: dict,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """ARMED objective per cell, before the KL term.
 
-        ``rec(y, y_ME) + lambda_F rec(y, y_FE) - lambda_g CE(Z, adversary)
-        + kl_weight KL(q(U) || p(U)) / n_obs`` plus the RE path's losses (its own parameters
-        only). The KL is divided by the number of training cells so that, like the
-        reconstruction term, the whole loss is an average per cell.
+        ``rec(y, y_ME) + lambda_F rec(y, y_FE) - lambda_g CE(Z, adversary)`` plus the RE
+        path's losses (its own parameters only), the Z-predictor's and the label heads'.
         """
         x = tensors["X"]
         batch_index = tensors["batch"]
         target = batch_index.view(-1).long()
-        metrics: dict[str, torch.Tensor] = {}
-
         library = inference_outputs["library"]
         shared = self._count_terms(x)
         rec = self._reconstruction(
@@ -377,16 +368,7 @@ class ArmedVAEModule(ArmedModuleBase):
             metrics["re_effect_mse"] = effect_mse.mean().detach()
             metrics["re_batch_accuracy"] = accuracy(head_logits, target)
 
-        loss = self.shared_losses(tensors, inference_outputs, metrics, loss)
-        kl = self.random_effects_kl()
-        loss = loss + kl_weight * kl / max(n_obs, 1)
-        return LossOutput(
-            loss=loss,
-            reconstruction_loss=rec,
-            kl_local=torch.zeros_like(rec),
-            kl_global=kl,
-            extra_metrics=metrics,
-        )
+        return self.shared_losses(tensors, inference_outputs, metrics, loss), rec
 
     def _effect_mse(self, z_re: torch.Tensor, generative_outputs: dict) -> torch.Tensor:
         """Per-cell error of ``z_RE`` reconstructing the decoder's batch effect on this cell."""

@@ -21,7 +21,7 @@ import math
 from typing import Literal, NamedTuple
 
 import torch
-from scvi.module.base import BaseModuleClass
+from scvi.module.base import BaseModuleClass, LossOutput
 from torch import nn
 from torch.nn import functional as F
 
@@ -322,6 +322,48 @@ class ArmedModuleBase(BaseModuleClass):
             metrics["label_accuracy_fe"] = accuracy(fe, labels)
             metrics["label_accuracy_me"] = accuracy(me, labels)
         return loss
+
+    def objective(
+        self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
+        adversary_warmup: float, metrics: dict,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The module's loss before the KL term, and its per-cell reconstruction error.
+
+        ``None`` for the reconstruction error when the module reconstructs nothing. Adds its
+        metrics to ``metrics``.
+        """
+        raise NotImplementedError
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict,
+        generative_outputs: dict,
+        kl_weight: float = 1.0,
+        n_obs: int = 1,
+        adversary_warmup: float = 1.0,
+    ) -> LossOutput:
+        """:meth:`objective` plus ``kl_weight * KL(q(U) || p(U)) / n_obs``.
+
+        The KL is divided by the number of training cells so that, like the reconstruction
+        term, the whole loss is an average per cell. A module without a reconstruction
+        reports its loss as every cell's reconstruction error, for scvi's history.
+        """
+        metrics: dict[str, torch.Tensor] = {}
+        loss, rec = self.objective(
+            tensors, inference_outputs, generative_outputs, adversary_warmup, metrics
+        )
+        kl = self.random_effects_kl()
+        loss = loss + kl_weight * kl / max(n_obs, 1)
+        if rec is None:
+            rec = loss.detach().expand(tensors["batch"].shape[0])
+        return LossOutput(
+            loss=loss,
+            reconstruction_loss=rec,
+            kl_local=torch.zeros_like(rec),
+            kl_global=kl,
+            extra_metrics={k: v.detach() for k, v in metrics.items()},
+        )
 
     def random_effects_kl(self) -> torch.Tensor:
         """Analytic KL of every random-effect posterior against its prior (a scalar)."""

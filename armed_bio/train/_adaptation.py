@@ -9,6 +9,7 @@ encoder's) are fitted; the label head's rows keep their start, as the query has 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import lightning.pytorch as pl
@@ -155,7 +156,10 @@ def fit_new_batches(
         for p in module.parameters():
             p.requires_grad_(id(p) in fitted)
         torch.manual_seed(seed)
-        trainer.fit(plan, train_dataloaders=loader)
+        with warnings.catch_warnings():
+            # The module is in eval mode on purpose: only its random effects sample.
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode")
+            trainer.fit(plan, train_dataloaders=loader)
     finally:
         for p in module.parameters():
             p.requires_grad_(True)
