@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from . import datasets, metrics, pl, pp, tl  # noqa: E402
+from . import datasets, metrics, pl, pp, tl
 
 logger = logging.getLogger(__name__)
 

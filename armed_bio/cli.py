@@ -14,6 +14,7 @@ def _set_threads(n: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``armed-bio`` command line; return its exit status."""
     parser = argparse.ArgumentParser(prog="armed-bio", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -23,13 +23,13 @@ import anndata as ad
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import tifffile  # noqa: E402
-from _common import RESULTS, SHARED, machine, write_results  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import tifffile
+from _common import RESULTS, SHARED, machine, write_results
 
-import armed_bio as ab  # noqa: E402
+import armed_bio as ab
 
 WINDOW, SPACING, GRID = 36, 48, 8
 

@@ -1,4 +1,4 @@
-"""Training speed and memory of ArmedRNA against scVI on simulated sparse counts.
+r"""Training speed and memory of ArmedRNA against scVI on simulated sparse counts.
 
 For 20k, 100k and 1M simulated cells x 2,000 genes (sparse CSR, about the density of the Kang
 PBMC HVGs), trains full ``ArmedRNA``, ``ArmedRNA(mode="fixed")`` and ``scvi.model.SCVI`` (its

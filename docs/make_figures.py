@@ -14,13 +14,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import anndata as ad  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import scanpy as sc  # noqa: E402
-import torch  # noqa: E402
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import scanpy as sc
+import torch
 
-import armed_bio as ab  # noqa: E402
+import armed_bio as ab
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -10,10 +10,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import armed_bio as ab  # noqa: E402
+import armed_bio as ab
 
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", module="lightning")

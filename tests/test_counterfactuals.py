@@ -142,7 +142,9 @@ def test_query_genes_must_match(model, make_query, error, match):
     obs, var, x, layers, uns = snap
     pd.testing.assert_frame_equal(query.obs, obs)
     pd.testing.assert_frame_equal(query.var, var)
-    assert (query.X != x).nnz == 0 and set(query.layers) == layers and set(query.uns) == uns
+    assert (query.X != x).nnz == 0
+    assert set(query.layers) == layers
+    assert set(query.uns) == uns
 
 
 def _with_extra_gene(adata):
@@ -184,7 +186,9 @@ def test_bad_batch_indices_genes_and_library(model):
         model.get_latent_representation(nan_query)
     obs, var, x, layers, uns = snap
     pd.testing.assert_frame_equal(adata.obs, obs)
-    assert (adata.X != x).nnz == 0 and set(adata.layers) == layers and set(adata.uns) == uns
+    assert (adata.X != x).nnz == 0
+    assert set(adata.layers) == layers
+    assert set(adata.uns) == uns
     mask = np.zeros(adata.n_obs, dtype=bool)
     mask[[3, 7]] = True
     np.testing.assert_array_equal(

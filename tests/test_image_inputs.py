@@ -32,7 +32,8 @@ def _snapshot(adata):
 def _assert_unchanged(adata, snap):
     cols, obsm, uns, arrays = snap
     assert list(adata.obs.columns) == cols
-    assert list(adata.obsm.keys()) == obsm and list(adata.uns.keys()) == uns
+    assert list(adata.obsm.keys()) == obsm
+    assert list(adata.uns.keys()) == uns
     for k, v in arrays.items():
         np.testing.assert_array_equal(adata.obsm[k], v)
 
@@ -42,7 +43,8 @@ def test_front_end_finds_every_simulated_nucleus(fields):
     f, b, truth = fields
     adata = ab.pp.crop_objects(f, batch=b, crop_size=16, progress_bar=False)
     scores = ab.metrics.match_objects(adata.obs, truth, max_distance=3.0)
-    assert scores["recall"] == 1.0 and scores["precision"] == 1.0
+    assert scores["recall"] == 1.0
+    assert scores["precision"] == 1.0
     assert adata.obsm["image"].shape == (adata.n_obs, 2, 16, 16)
     assert adata.obsm["image"].dtype == np.uint8
     assert {"area", "eccentricity", "intensity_mean_ch0"} <= set(adata.var_names)
@@ -86,7 +88,8 @@ def test_border_objects_are_padded_and_flagged_not_dropped():
 def test_image_qc_features(crops):
     ab.pp.image_qc(crops)
     for name in ("brightness", "contrast", "sharpness", "snr"):
-        assert f"qc_{name}_ch0" in crops.obs and f"qc_{name}_ch1" in crops.obs
+        assert f"qc_{name}_ch0" in crops.obs
+        assert f"qc_{name}_ch1" in crops.obs
     assert (crops.obs["qc_brightness_ch0"] > 0).all()
     qc = ab.pp.image_qc(crops, inplace=False)
     assert qc.shape == (crops.n_obs, 8)

@@ -97,7 +97,8 @@ def test_plain_cnn_has_no_adversary_and_no_random_effects(crops):
     adata = crops.copy()
     ArmedImageClassifier.setup_anndata(adata, batch_key="batch", labels_key="phenotype")
     plain = ArmedImageClassifier(adata, mode="fixed", adversary_weight=0.0, channels=(8,))
-    assert not plain.module.has_adversary and not plain.module.has_random_effects
+    assert not plain.module.has_adversary
+    assert not plain.module.has_random_effects
     assert "plain CNN" in plain._model_summary_string
     with pytest.raises(ValueError, match="mixed-effects head needs random effects"):
         plain.predict(adata, head="me")
@@ -115,13 +116,15 @@ def test_classifier_save_load_roundtrip(classifier, crops, tmp_path):
 def test_autoencoder_latents_and_counterfactual_images(autoencoder, crops):
     fe = autoencoder.get_latent_representation(crops, kind="fe")
     re = autoencoder.get_latent_representation(crops, kind="re")
-    assert fe.shape == (crops.n_obs, 8) and re.shape == (crops.n_obs, 8)
+    assert fe.shape == (crops.n_obs, 8)
+    assert re.shape == (crops.n_obs, 8)
     cells = [0, 1, 2]
     plates = autoencoder.batch_categories_
     as_plate = {p: autoencoder.get_counterfactual_images(crops, batch=p, indices=cells)
                 for p in plates}
     free = autoencoder.get_counterfactual_images(crops, batch=None, indices=cells)
-    assert free.shape == (3, 2, 20, 20) and free.dtype == np.float32
+    assert free.shape == (3, 2, 20, 20)
+    assert free.dtype == np.float32
     # Plates have different illumination/contrast: their renderings differ from each other.
     assert np.abs(as_plate[plates[0]] - as_plate[plates[1]]).mean() > 0.1
     own = autoencoder.get_counterfactual_images(crops, indices=cells, observed=True)
@@ -149,7 +152,8 @@ def test_adversary_penalty_signs():
     assert torch.isclose(term, -2.0 * metrics["adversary_ce"])  # the FE side *maximises* CE
     uniform, _ = adversary_penalty(torch.zeros(2, 2), target, 1.0, "confusion")
     confident, _ = adversary_penalty(logits, target, 1.0, "confusion")
-    assert abs(float(uniform)) < 1e-6 and float(confident) > 0
+    assert abs(float(uniform)) < 1e-6
+    assert float(confident) > 0
 
 
 def test_label_conditional_adversary(classifier, crops):
@@ -160,4 +164,5 @@ def test_label_conditional_adversary(classifier, crops):
     prior = torch.tensor([[0.7, 0.2, 0.1]])
     at_prior, _ = adversary_penalty(torch.log(prior), torch.tensor([0]), 1.0, "confusion", prior)
     uniform, _ = adversary_penalty(torch.zeros(1, 3), torch.tensor([0]), 1.0, "confusion", prior)
-    assert abs(float(at_prior)) < 1e-6 and float(uniform) > 0  # only the label's prior is free
+    assert abs(float(at_prior)) < 1e-6
+    assert float(uniform) > 0

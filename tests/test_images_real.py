@@ -59,4 +59,5 @@ def test_autoencoder_renders_real_crops_as_each_plate(bbbc021, tmp_path):
                                       save=tmp_path / "cf.png")
     assert len(fig.axes) == 2 * 6
     free = model.get_counterfactual_images(indices=[0, 1])
-    assert free.shape == (2, 3, 68, 68) and np.isfinite(free).all()
+    assert free.shape == (2, 3, 68, 68)
+    assert np.isfinite(free).all()

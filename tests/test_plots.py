@@ -85,9 +85,11 @@ def test_training_plot_draws_adversary_against_chance(real, tmp_path):
     fig = ab.pl.training(model, save=tmp_path / "t.png")
     accuracy = [ax for ax in fig.axes if ax.get_title() == "accuracy"][0]
     chance = [line for line in accuracy.get_lines() if line.get_label().startswith("chance")]
-    assert chance and chance[0].get_ydata()[0] == pytest.approx(1 / 5)
+    assert chance
+    assert chance[0].get_ydata()[0] == pytest.approx(1 / 5)
     labels = [line.get_label() for line in accuracy.get_lines()]
-    assert "adversary_accuracy" in labels and "label_accuracy_me" in labels
+    assert "adversary_accuracy" in labels
+    assert "label_accuracy_me" in labels
     plt.close(fig)
 
 

@@ -75,7 +75,8 @@ def test_add_batches_keeps_old_rows_and_starts_new_ones_where_asked():
     old_loc, old_scale = layer.loc.detach().clone(), layer.scale.detach().clone()
     init = torch.tensor([[0.5, 0.5, 0.0, 0.0]]) @ old_loc
     layer.add_batches(init)
-    assert layer.n_batch == 5 and layer.loc.shape == (5, layer.n_features)
+    assert layer.n_batch == 5
+    assert layer.loc.shape == (5, layer.n_features)
     torch.testing.assert_close(layer.loc[:4].detach(), old_loc)
     torch.testing.assert_close(layer.scale[:4].detach(), old_scale)
     torch.testing.assert_close(layer.loc[4].detach(), 0.5 * (old_loc[0] + old_loc[1]))

@@ -37,7 +37,8 @@ def test_scib_tidy_table_on_real_cells(kang, tmp_path):
     assert wide.loc["X_pca", "Bio conservation"] > wide.loc["X_noise", "Bio conservation"] + 0.2
     assert wide.loc["X_noise", "iLISI"] > wide.loc["X_pca", "iLISI"]
     # The user's AnnData is not touched.
-    assert set(kang.obsm) == before[0] and list(kang.obs.columns) == before[1]
+    assert set(kang.obsm) == before[0]
+    assert list(kang.obs.columns) == before[1]
     assert (kang.X != before[2]).nnz == 0
     fig = ab.pl.metrics(table, save=tmp_path / "scib.png")
     assert len(fig.axes[0].patches) == 3  # the three aggregate columns are outlined

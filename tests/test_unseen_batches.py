@@ -41,7 +41,9 @@ def _assert_unchanged(adata, snap):
     pd.testing.assert_frame_equal(adata.obs, obs)
     pd.testing.assert_frame_equal(adata.var, var)
     assert (adata.X != x).nnz == 0
-    assert set(adata.uns) == uns and set(adata.obsm) == obsm and set(adata.layers) == layers
+    assert set(adata.uns) == uns
+    assert set(adata.obsm) == obsm
+    assert set(adata.layers) == layers
 
 
 def test_fit_temperature_softens_overconfident_logits():
@@ -156,7 +158,8 @@ def test_adapt_fits_only_the_new_batches_rows(split):
     before = {k: v.clone() for k, v in model.module.state_dict().items()}
     adapted = model.adapt(query, max_epochs=30, progress_bar=False)
     # The reference model is untouched.
-    assert model.module.n_batch == 3 and model.batch_categories_[-1] == "batch_2"
+    assert model.module.n_batch == 3
+    assert model.batch_categories_[-1] == "batch_2"
     for k, v in model.module.state_dict().items():
         torch.testing.assert_close(v, before[k])
     assert adapted.batch_categories_ == ["batch_0", "batch_1", "batch_2", "batch_3"]

@@ -22,12 +22,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
 
-import armed_bio as ab  # noqa: E402
-from armed_bio.model import ArmedImage, ArmedImageClassifier  # noqa: E402
+import armed_bio as ab
+from armed_bio.model import ArmedImage, ArmedImageClassifier
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", default="tutorial_output")

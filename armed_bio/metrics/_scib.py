@@ -38,7 +38,7 @@ def scib(
     n_jobs: int = 1,
     progress_bar: bool = False,
 ) -> pd.DataFrame:
-    """scIB batch-correction and bio-conservation metrics of each embedding.
+    """ScIB batch-correction and bio-conservation metrics of each embedding.
 
     Runs :class:`scib_metrics.benchmark.Benchmarker` with its default metrics (batch
     correction: BRAS (the batch silhouette of scib-metrics >= 0.5), iLISI, kBET per label,

@@ -158,8 +158,10 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         raise NotImplementedError
 
     def _fit_batch_given_label(self) -> None:
-        """``p(batch | label)`` of the training cells into the module's buffer (for the
-        label-conditional adversary; saved with the weights). No-op without labels."""
+        """Fit ``p(batch | label)`` of the training cells into the module's buffer.
+
+        For the label-conditional adversary; saved with the weights. No-op without labels.
+        """
         module = self.module
         if not getattr(module, "conditional_adversary", False):
             return

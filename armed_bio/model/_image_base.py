@@ -80,8 +80,10 @@ class ArmedImageModelBase(ArmedModelBase):
         self._fit_image_statistics()
 
     def _fit_image_statistics(self) -> None:
-        """Per-channel mean and s.d. of the training crops, into the module's buffers (so they
-        are saved with the weights)."""
+        """Fit the per-channel mean and s.d. of the training crops into the module's buffers.
+
+        They are saved with the weights.
+        """
         images = self.adata.obsm[self.registry_["setup_args"]["image_key"]]
         total = np.zeros(images.shape[1])
         total_sq = np.zeros(images.shape[1])

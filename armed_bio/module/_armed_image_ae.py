@@ -129,8 +129,11 @@ class ArmedImageModule(ArmedImageModuleBase):
         self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
         adversary_warmup: float, metrics: dict,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``MSE(x, x_ME) + lambda_F MSE(x, x_FE) + lambda_g * adversary term + CE(re head)
-        + CE(Z-predictor) + w_c CE(labels)`` on standardised pixels."""
+        """The autoencoder's loss on standardised pixels, before the KL term.
+
+        ``MSE(x, x_ME) + lambda_F MSE(x, x_FE) + lambda_g * adversary term + CE(re head)
+        + CE(Z-predictor) + w_c CE(labels)``.
+        """
         x_in = inference_outputs["x_in"]
         target = tensors["batch"].view(-1).long()
         rec = ((generative_outputs["x_me"] - x_in) ** 2).mean(dim=(1, 2, 3))
