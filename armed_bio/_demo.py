@@ -36,8 +36,10 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     adata = datasets.cellbench_lung5()
-    print(f"data: CellBench lung5, {adata.n_obs} cells x {adata.n_vars} genes, "
-          f"{adata.obs['batch'].nunique()} batches, {adata.obs['cell_type'].nunique()} cell lines")
+    print(
+        f"data: CellBench lung5, {adata.n_obs} cells x {adata.n_vars} genes, "
+        f"{adata.obs['batch'].nunique()} batches, {adata.obs['cell_type'].nunique()} cell lines"
+    )
     pp.log_pca(adata, seed=seed)
     train_kwargs = {} if max_epochs is None else {"max_epochs": max_epochs}
     model = tl.armed(adata, batch_key="batch", seed=seed, **train_kwargs)
@@ -64,11 +66,15 @@ def run_demo(
     scores.to_csv(out / "scores.csv")
     adata.write_h5ad(out / "cellbench_armed.h5ad")
     table = scores[["silhouette_batch", "silhouette_label"]].rename(
-        columns={"silhouette_batch": "batch silhouette (low = mixed)",
-                 "silhouette_label": "cell-type silhouette (high = kept)"}
+        columns={
+            "silhouette_batch": "batch silhouette (low = mixed)",
+            "silhouette_label": "cell-type silhouette (high = kept)",
+        }
     )
     print("\n" + table.round(3).to_string())
     print(f"\nmost batch-affected genes: {', '.join(genes.index[:8])}")
-    print(f"\nwrote {out / 'cellbench_armed.h5ad'}, scores.csv, most_batch_affected_genes.csv "
-          f"and figures {', '.join(f + '.png' for f in FIGURES)} in {out}")
+    print(
+        f"\nwrote {out / 'cellbench_armed.h5ad'}, scores.csv, most_batch_affected_genes.csv "
+        f"and figures {', '.join(f + '.png' for f in FIGURES)} in {out}"
+    )
     return scores

@@ -27,7 +27,7 @@ def parameter_entries(doc: str | None) -> dict[str, str]:
         if section.group(1) != "Parameters":
             continue
         end = sections[i + 1].start() if i + 1 < len(sections) else len(text)
-        body = text[section.end():end].strip("\n")
+        body = text[section.end() : end].strip("\n")
         entries: dict[str, str] = {}
         name = None
         for line in body.splitlines():
@@ -60,12 +60,12 @@ def module_parameters(source: type, skip: Iterable[str] = ()) -> Callable[[type]
         line = next(li for li in doc.splitlines() if PLACEHOLDER in li)
         indent = line[: len(line) - len(line.lstrip())]
         kept = [
-            entry for names, entry in parameter_entries(source.__doc__).items()
+            entry
+            for names, entry in parameter_entries(source.__doc__).items()
             if not {n.strip() for n in names.split(",")} <= skipped
         ]
         block = "\n".join(
-            "\n".join(indent + row if row else row for row in entry.splitlines())
-            for entry in kept
+            "\n".join(indent + row if row else row for row in entry.splitlines()) for entry in kept
         )
         cls.__doc__ = doc.replace(indent + PLACEHOLDER, block)
         return cls

@@ -148,8 +148,7 @@ def _nonzero_counts(matrix) -> tuple[np.ndarray, np.ndarray]:
         n_cells, n_genes = matrix.shape
         if matrix.format == "csr":
             return _compressed_counts(matrix.data, matrix.indices, matrix.indptr, n_genes)
-        per_gene, per_cell = _compressed_counts(matrix.data, matrix.indices, matrix.indptr,
-                                                n_cells)
+        per_gene, per_cell = _compressed_counts(matrix.data, matrix.indices, matrix.indptr, n_cells)
         return per_cell, per_gene
     dense = np.asarray(matrix)
     rows = max(1, SCAN_BLOCK // max(dense.shape[1], 1))
@@ -265,8 +264,10 @@ def check_images(adata: AnnData, image_key: str, positions: np.ndarray | None = 
     if images.ndim != 4:
         hint = ""
         if images.ndim == 3:
-            hint = (f" For single-channel images add a channel axis: "
-                    f"`adata.obsm[{image_key!r}] = images[:, None]`.")
+            hint = (
+                f" For single-channel images add a channel axis: "
+                f"`adata.obsm[{image_key!r}] = images[:, None]`."
+            )
         raise ValueError(
             f"{where} has shape {images.shape} (rank {images.ndim}); expected rank 4, "
             f"(n_cells, C, H, W).{hint}"
@@ -278,17 +279,20 @@ def check_images(adata: AnnData, image_key: str, positions: np.ndarray | None = 
             f"{where} has shape {images.shape}: it looks channels-last (n, H, W, C). Transpose "
             f"it: `adata.obsm[{image_key!r}] = images.transpose(0, 3, 1, 2)`."
         )
-    if images.dtype == bool or not np.issubdtype(images.dtype, np.number) or np.issubdtype(
-        images.dtype, np.complexfloating
+    if (
+        images.dtype == bool
+        or not np.issubdtype(images.dtype, np.number)
+        or np.issubdtype(images.dtype, np.complexfloating)
     ):
-        raise TypeError(f"{where} has dtype {images.dtype}; expected real numbers (uint8/16, "
-                        "float).")
+        raise TypeError(
+            f"{where} has dtype {images.dtype}; expected real numbers (uint8/16, float)."
+        )
     if np.issubdtype(images.dtype, np.floating):
         rows = range(images.shape[0]) if positions is None else positions
         rows = np.asarray(rows)
         n_bad = 0
         for start in range(0, len(rows), 512):  # bounded memory on large stacks
-            n_bad += int((~np.isfinite(images[rows[start:start + 512]])).sum())
+            n_bad += int((~np.isfinite(images[rows[start : start + 512]])).sum())
         if n_bad:
             raise ValueError(
                 f"{where} contains {n_bad} NaN or infinite pixel values. Drop or repair those "

@@ -53,8 +53,14 @@ def main(argv: list[str] | None = None) -> int:
             kwargs = {"mode": args.mode, "likelihood": args.likelihood}
             if args.max_epochs is not None:
                 kwargs["max_epochs"] = args.max_epochs
-            model = armed(adata, batch_key=args.batch_key, layer=args.layer,
-                          labels_key=args.labels_key, seed=args.seed, **kwargs)
+            model = armed(
+                adata,
+                batch_key=args.batch_key,
+                layer=args.layer,
+                labels_key=args.labels_key,
+                seed=args.seed,
+                **kwargs,
+            )
             adata.write_h5ad(args.output)
             if args.model_dir:
                 model.save(args.model_dir, overwrite=True)

@@ -100,10 +100,12 @@ def plate_silhouettes(emb: np.ndarray, test: ad.AnnData) -> dict:
         "label_silhouette": float(silhouette_score(emb, test.obs["label"].astype(str))),
         # How well a linear probe tells the plate of DMSO crops from the embedding (5-fold CV);
         # the majority-plate rate is the floor.
-        "plate_probe_dmso": float(cross_val_score(
-            LogisticRegression(max_iter=2000), emb[dmso], plate[dmso], cv=5).mean()),
+        "plate_probe_dmso": float(
+            cross_val_score(LogisticRegression(max_iter=2000), emb[dmso], plate[dmso], cv=5).mean()
+        ),
         "plate_probe_floor": float(
-            np.unique(plate[dmso], return_counts=True)[1].max() / dmso.sum()),
+            np.unique(plate[dmso], return_counts=True)[1].max() / dmso.sum()
+        ),
     }
 
 
@@ -134,8 +136,11 @@ def part_heldout() -> None:
             f"{r['plate_probe_dmso']:.3f} ({r['plate_probe_floor']:.3f}) | "
             f"{r['label_silhouette']:.3f} | {r['train_images_per_s']:.0f} |"
         )
-    write_results("image_bbbc021_heldout", {"machine": machine(), "n_test": int(held.sum()),
-                                            "results": rows}, "\n".join(table) + "\n")
+    write_results(
+        "image_bbbc021_heldout",
+        {"machine": machine(), "n_test": int(held.sum()), "results": rows},
+        "\n".join(table) + "\n",
+    )
 
 
 def part_lopo(plates: list[str], seeds: list[int]) -> None:
@@ -179,9 +184,14 @@ def part_lopo(plates: list[str], seeds: list[int]) -> None:
             f"{me['me']['accuracy']:.3f} | {plain['fe']['accuracy']:.3f} | {au} | "
             f"{me['fraction_on_z0']:.2f} |"
         )
-    acc = {k: np.array([f[m][h]["accuracy"] for f in folds])
-           for k, m, h in (("fe", "ME-CNN (ARMED)", "fe"), ("me", "ME-CNN (ARMED)", "me"),
-                           ("plain", "plain CNN", "fe"))}
+    acc = {
+        k: np.array([f[m][h]["accuracy"] for f in folds])
+        for k, m, h in (
+            ("fe", "ME-CNN (ARMED)", "fe"),
+            ("me", "ME-CNN (ARMED)", "me"),
+            ("plain", "plain CNN", "fe"),
+        )
+    }
     table.append(
         f"| **mean (s.d.) of {len(folds)} runs** | | | {acc['fe'].mean():.3f} "
         f"({acc['fe'].std():.3f}) | {acc['me'].mean():.3f} ({acc['me'].std():.3f}) | "
@@ -189,8 +199,9 @@ def part_lopo(plates: list[str], seeds: list[int]) -> None:
     )
     wins = int((acc["me"] > acc["plain"]).sum())
     table.append(f"\nME head beats the plain CNN in {wins} of {len(folds)} runs.")
-    write_results("image_bbbc021_lopo", {"machine": machine(), "folds": folds},
-                  "\n".join(table) + "\n")
+    write_results(
+        "image_bbbc021_lopo", {"machine": machine(), "folds": folds}, "\n".join(table) + "\n"
+    )
 
 
 def part_counterfactual() -> None:
@@ -201,8 +212,14 @@ def part_counterfactual() -> None:
     model.train(seed=SEED, callbacks=[timer], enable_progress_bar=False)
     plates = model.batch_categories_
     # One cell per plate (the first DMSO crop of each), rendered as every plate and Z = 0.
-    cells = [int(np.flatnonzero(((adata.obs["batch"] == p) & (adata.obs["label"] == "DMSO"))
-                                .to_numpy())[0]) for p in plates]
+    cells = [
+        int(
+            np.flatnonzero(((adata.obs["batch"] == p) & (adata.obs["label"] == "DMSO")).to_numpy())[
+                0
+            ]
+        )
+        for p in plates
+    ]
     fig = ab.pl.image_counterfactuals(model, adata, cells, show=False)
     fig.savefig(RESULTS / "image_bbbc021_counterfactuals.png", dpi=120, bbox_inches="tight")
     # Does rendering as plate k apply plate k's intensity shift? DMSO crops only (the same
@@ -211,18 +228,25 @@ def part_counterfactual() -> None:
     dmso = np.flatnonzero((adata.obs["label"] == "DMSO").to_numpy())
     sample = np.sort(np.random.default_rng(SEED).choice(dmso, 600, replace=False))
     images = adata.obsm["image"]
-    real = {p: images[np.intersect1d(dmso, np.flatnonzero((adata.obs["batch"] == p)
-                                                          .to_numpy()))].mean(axis=(0, 2, 3))
-            for p in plates}
+    real = {
+        p: images[np.intersect1d(dmso, np.flatnonzero((adata.obs["batch"] == p).to_numpy()))].mean(
+            axis=(0, 2, 3)
+        )
+        for p in plates
+    }
     real_all = images[dmso].mean(axis=(0, 2, 3))
-    rendered = {p: model.get_counterfactual_images(adata, batch=p, indices=sample)
-                .mean(axis=(0, 2, 3)) for p in plates}
+    rendered = {
+        p: model.get_counterfactual_images(adata, batch=p, indices=sample).mean(axis=(0, 2, 3))
+        for p in plates
+    }
     free = model.get_counterfactual_images(adata, batch=None, indices=sample).mean(axis=(0, 2, 3))
     real_shift = np.array([real[p] - real_all for p in plates])
     model_shift = np.array([rendered[p] - free for p in plates])
     r = float(np.corrcoef(real_shift.ravel(), model_shift.ravel())[0, 1])
     payload = {
-        "machine": machine(), "epochs": len(timer.times), "s_per_epoch": steady(timer.times),
+        "machine": machine(),
+        "epochs": len(timer.times),
+        "s_per_epoch": steady(timer.times),
         "train_images_per_s": len(model.train_indices) / steady(timer.times),
         "cells": [adata.obs_names[c] for c in cells],
         "real_dmso_channel_means": {p: v.tolist() for p, v in real.items()},
@@ -231,14 +255,21 @@ def part_counterfactual() -> None:
         "batch_free_channel_means": free.tolist(),
         "shift_correlation": r,
     }
-    table = ["| plate | real DMSO mean - all-plate DMSO mean (DNA, ch1, ch2) | "
-             "600 DMSO cells rendered as this plate - batch-free render |", "|---|---|---|"]
+    table = [
+        "| plate | real DMSO mean - all-plate DMSO mean (DNA, ch1, ch2) | "
+        "600 DMSO cells rendered as this plate - batch-free render |",
+        "|---|---|---|",
+    ]
     for p, rs, ms in zip(plates, real_shift, model_shift, strict=True):
-        table.append(f"| {p} | {', '.join(f'{v:+.1f}' for v in rs)} | "
-                     f"{', '.join(f'{v:+.1f}' for v in ms)} |")
-    table += ["", f"Correlation of the 12 shifts (4 plates x 3 channels): r = {r:.2f}. "
-              f"Batch-free render mean: {', '.join(f'{v:.1f}' for v in free)}; real DMSO mean: "
-              f"{', '.join(f'{v:.1f}' for v in real_all)}."]
+        table.append(
+            f"| {p} | {', '.join(f'{v:+.1f}' for v in rs)} | {', '.join(f'{v:+.1f}' for v in ms)} |"
+        )
+    table += [
+        "",
+        f"Correlation of the 12 shifts (4 plates x 3 channels): r = {r:.2f}. "
+        f"Batch-free render mean: {', '.join(f'{v:.1f}' for v in free)}; real DMSO mean: "
+        f"{', '.join(f'{v:.1f}' for v in real_all)}.",
+    ]
     write_results("image_bbbc021_counterfactual", payload, "\n".join(table) + "\n")
 
 
@@ -257,21 +288,38 @@ def part_throughput(rounds: int = 2, epochs: int = 3) -> None:
             cls.setup_anndata(data, batch_key="batch", labels_key="label")
             model = cls(data, seed=SEED, **kw)
             timer = EpochTimer()
-            model.train(max_epochs=epochs, seed=SEED, callbacks=[timer], enable_progress_bar=False,
-                        check_val_every_n_epoch=epochs + 1)
+            model.train(
+                max_epochs=epochs,
+                seed=SEED,
+                callbacks=[timer],
+                enable_progress_bar=False,
+                check_val_every_n_epoch=epochs + 1,
+            )
             times[name] += timer.times[1:]
             n_train[name] = len(model.train_indices)
-    rows = {name: {"s_per_epoch": float(np.median(t)), "images_per_s": n_train[name] / float(
-        np.median(t)), "n_train": n_train[name]} for name, t in times.items()}
+    rows = {
+        name: {
+            "s_per_epoch": float(np.median(t)),
+            "images_per_s": n_train[name] / float(np.median(t)),
+            "n_train": n_train[name],
+        }
+        for name, t in times.items()
+    }
     plain = rows["plain CNN"]["s_per_epoch"]
-    table = ["| model | s / epoch (1,800 crops) | training images/s | time vs plain CNN |",
-             "|---|---|---|---|"]
+    table = [
+        "| model | s / epoch (1,800 crops) | training images/s | time vs plain CNN |",
+        "|---|---|---|---|",
+    ]
     for name, r in rows.items():
-        table.append(f"| {name} | {r['s_per_epoch']:.2f} | {r['images_per_s']:.0f} | "
-                     f"{r['s_per_epoch'] / plain:.2f}x |")
-    write_results("image_bbbc021_throughput",
-                  {"machine": machine(), "batch_size": 128, "results": rows},
-                  "\n".join(table) + "\n")
+        table.append(
+            f"| {name} | {r['s_per_epoch']:.2f} | {r['images_per_s']:.0f} | "
+            f"{r['s_per_epoch'] / plain:.2f}x |"
+        )
+    write_results(
+        "image_bbbc021_throughput",
+        {"machine": machine(), "batch_size": 128, "results": rows},
+        "\n".join(table) + "\n",
+    )
     print("\n".join(table))
 
 

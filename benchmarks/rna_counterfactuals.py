@@ -50,8 +50,9 @@ def log_expression(frame) -> np.ndarray:
 
 
 def truth_check() -> dict:
-    adata = simulate_counts(n_cells=8000, n_genes=500, n_batches=5, n_cell_types=6,
-                            batch_effect_sd=0.5, seed=SEED)
+    adata = simulate_counts(
+        n_cells=8000, n_genes=500, n_batches=5, n_cell_types=6, batch_effect_sd=0.5, seed=SEED
+    )
     held_out = "batch_4"
     ref = adata[adata.obs["batch"] != held_out].copy()
     query = adata[adata.obs["batch"] == held_out].copy()
@@ -69,8 +70,10 @@ def truth_check() -> dict:
 
     free = log_expression(adapted.get_counterfactual_expression(adata, batch=None))
     result = {
-        "batch_free": {"armed": centred_corr(true_free, free),
-                       "naive": centred_corr(true_free, naive)},
+        "batch_free": {
+            "armed": centred_corr(true_free, free),
+            "naive": centred_corr(true_free, naive),
+        },
         "other_batch": {},
     }
     for k, name in enumerate(adata.obs["batch"].cat.categories):
@@ -101,9 +104,11 @@ def plot_truth(adata, model, free, true_free, effect, held_out) -> None:
     cells = rng.choice(adata.n_obs, 300, replace=False)
     a, b = true_free[cells] - true_free.mean(0), free[cells] - free.mean(0)
     axes[0].scatter(a.ravel(), b.ravel(), s=1, alpha=0.15, rasterized=True)
-    axes[0].set(xlabel="true batch-free log expression (gene-centred)",
-                ylabel="predicted (batch=None)",
-                title=f"batch-free: r = {centred_corr(true_free, free):.3f}")
+    axes[0].set(
+        xlabel="true batch-free log expression (gene-centred)",
+        ylabel="predicted (batch=None)",
+        title=f"batch-free: r = {centred_corr(true_free, free):.3f}",
+    )
     categories = list(adata.obs["batch"].cat.categories)
     for ax, name in zip(axes[1:], [categories[0], held_out], strict=True):
         k = categories.index(name)
@@ -112,8 +117,11 @@ def plot_truth(adata, model, free, true_free, effect, held_out) -> None:
         r = np.corrcoef(lfc - lfc.mean(), effect[:, k])[0, 1]
         ax.scatter(effect[:, k], lfc - lfc.mean(), s=6, alpha=0.6)
         tag = "adapted, unseen in training" if name == held_out else "seen in training"
-        ax.set(xlabel="true per-gene log effect", ylabel="predicted (as batch - batch-free)",
-               title=f"{name} ({tag}): r = {r:.3f}")
+        ax.set(
+            xlabel="true per-gene log effect",
+            ylabel="predicted (as batch - batch-free)",
+            title=f"{name} ({tag}): r = {r:.3f}",
+        )
     fig.tight_layout()
     fig.savefig(RESULTS / "rna_counterfactuals_truth.png", dpi=110)
     plt.close(fig)
@@ -156,26 +164,32 @@ class PeakRSS:
 
 def memory_check() -> dict:
     n_cells, n_genes, n_batches = 100_000, 2_000, 10
-    adata = simulate_counts(n_cells=n_cells, n_genes=n_genes, n_batches=n_batches,
-                            n_cell_types=8, seed=SEED)
+    adata = simulate_counts(
+        n_cells=n_cells, n_genes=n_genes, n_batches=n_batches, n_cell_types=8, seed=SEED
+    )
     del adata.varm["true_log_profile"], adata.varm["true_batch_effect"]
     ArmedRNA.setup_anndata(adata, batch_key="batch")
     model = ArmedRNA(adata, seed=SEED)
     # Memory does not depend on how well the model fits: one short epoch on a subset.
-    model.train(max_epochs=1, seed=SEED, train_size=0.2,
-                validation_size=0.01, **QUIET)
+    model.train(max_epochs=1, seed=SEED, train_size=0.2, validation_size=0.01, **QUIET)
     runs = []
     for chunk in (256, 1024, 4096):
         gene_sums = np.zeros(n_genes)
         t0 = time.perf_counter()
         with PeakRSS() as peak:
             for batch in adata.obs["batch"].cat.categories:
-                for _, values in model.iter_counterfactual_expression(batch=batch,
-                                                                      batch_size=chunk):
+                for _, values in model.iter_counterfactual_expression(
+                    batch=batch, batch_size=chunk
+                ):
                     gene_sums += values.sum(0)
-        runs.append({"chunk_size": chunk, "peak_mb_above_baseline": peak.above_baseline_mb,
-                     "seconds": time.perf_counter() - t0,
-                     "chunk_output_mb": chunk * n_genes * 4 / 2**20})
+        runs.append(
+            {
+                "chunk_size": chunk,
+                "peak_mb_above_baseline": peak.above_baseline_mb,
+                "seconds": time.perf_counter() - t0,
+                "chunk_output_mb": chunk * n_genes * 4 / 2**20,
+            }
+        )
         print(runs[-1], flush=True)
     # Peak against the number of cells: one batch, chunk 1024, growing subsets.
     by_cells = []
@@ -189,12 +203,18 @@ def memory_check() -> dict:
         print(by_cells[-1], flush=True)
     with PeakRSS() as peak:
         one = model.get_counterfactual_expression(batch="batch_0", batch_size=1024)
-    collected = {"output_mb": one.to_numpy().nbytes / 2**20,
-                 "peak_mb_above_baseline": peak.above_baseline_mb}
+    collected = {
+        "output_mb": one.to_numpy().nbytes / 2**20,
+        "peak_mb_above_baseline": peak.above_baseline_mb,
+    }
     return {
-        "n_cells": n_cells, "n_genes": n_genes, "n_batches": n_batches,
+        "n_cells": n_cells,
+        "n_genes": n_genes,
+        "n_batches": n_batches,
         "all_at_once_mb": n_batches * n_cells * n_genes * 4 / 2**20,
-        "streamed": runs, "streamed_by_cells": by_cells, "one_batch_collected": collected,
+        "streamed": runs,
+        "streamed_by_cells": by_cells,
+        "one_batch_collected": collected,
     }
 
 
@@ -207,21 +227,38 @@ def plot_memory(memory: dict) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     chunks = [r["chunk_size"] for r in memory["streamed"]]
-    ax1.plot(chunks, [r["peak_mb_above_baseline"] for r in memory["streamed"]], "o-",
-             label="peak above baseline")
-    ax1.plot(chunks, [r["chunk_output_mb"] for r in memory["streamed"]], "s--",
-             label="one chunk of output")
+    ax1.plot(
+        chunks,
+        [r["peak_mb_above_baseline"] for r in memory["streamed"]],
+        "o-",
+        label="peak above baseline",
+    )
+    ax1.plot(
+        chunks,
+        [r["chunk_output_mb"] for r in memory["streamed"]],
+        "s--",
+        label="one chunk of output",
+    )
     ax1.axhline(memory["all_at_once_mb"], color="C3", ls=":", label="all batches at once")
-    ax1.set(xscale="log", yscale="log", xlabel="chunk size (cells)", ylabel="MB",
-            title=f"{memory['n_cells']:,} cells x {memory['n_genes']:,} genes "
-                  f"x {memory['n_batches']} batches")
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="chunk size (cells)",
+        ylabel="MB",
+        title=f"{memory['n_cells']:,} cells x {memory['n_genes']:,} genes "
+        f"x {memory['n_batches']} batches",
+    )
     ax1.set_xticks(chunks, [str(c) for c in chunks])
     ax1.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax1.legend(fontsize=8)
     cells = [r["n_cells"] for r in memory["streamed_by_cells"]]
     ax2.plot(cells, [r["peak_mb_above_baseline"] for r in memory["streamed_by_cells"]], "o-")
-    ax2.set(xlabel="cells streamed (one batch, chunk 1024)", ylabel="peak MB above baseline",
-            ylim=(0, None), title="peak does not grow with the number of cells")
+    ax2.set(
+        xlabel="cells streamed (one batch, chunk 1024)",
+        ylabel="peak MB above baseline",
+        ylim=(0, None),
+        title="peak does not grow with the number of cells",
+    )
     fig.tight_layout()
     fig.savefig(RESULTS / "rna_counterfactuals_memory.png", dpi=110)
     plt.close(fig)
@@ -240,21 +277,28 @@ def main() -> None:
         memory = json.loads(stored.read_text())["memory"]
     else:
         memory = memory_check()
-    rows = ["| target | ArmedRNA | naive (observed counts) | per-gene effect r |",
-            "|---|---|---|---|",
-            f"| batch-free expression | {truth['batch_free']['armed']:.3f} | "
-            f"{truth['batch_free']['naive']:.3f} | |"]
+    rows = [
+        "| target | ArmedRNA | naive (observed counts) | per-gene effect r |",
+        "|---|---|---|---|",
+        f"| batch-free expression | {truth['batch_free']['armed']:.3f} | "
+        f"{truth['batch_free']['naive']:.3f} | |",
+    ]
     for name, r in truth["other_batch"].items():
         tag = "" if r["seen_in_training"] else " (unseen in training, adapted)"
-        rows.append(f"| expression as {name}{tag} | {r['armed']:.3f} | {r['naive']:.3f} | "
-                    f"{r['effect_correlation']:.3f} |")
-    mem = ["| chunk size | peak MB above baseline | chunk output MB | seconds (10 batches) |",
-           "|---|---|---|---|"]
+        rows.append(
+            f"| expression as {name}{tag} | {r['armed']:.3f} | {r['naive']:.3f} | "
+            f"{r['effect_correlation']:.3f} |"
+        )
+    mem = [
+        "| chunk size | peak MB above baseline | chunk output MB | seconds (10 batches) |",
+        "|---|---|---|---|",
+    ]
     for r in memory["streamed"]:
-        mem.append(f"| {r['chunk_size']} | {r['peak_mb_above_baseline']:.0f} | "
-                   f"{r['chunk_output_mb']:.1f} | {r['seconds']:.1f} |")
-    mem += ["", "| cells streamed (one batch, chunk 1024) | peak MB above baseline |",
-            "|---|---|"]
+        mem.append(
+            f"| {r['chunk_size']} | {r['peak_mb_above_baseline']:.0f} | "
+            f"{r['chunk_output_mb']:.1f} | {r['seconds']:.1f} |"
+        )
+    mem += ["", "| cells streamed (one batch, chunk 1024) | peak MB above baseline |", "|---|---|"]
     for r in memory["streamed_by_cells"]:
         mem.append(f"| {r['n_cells']:,} | {r['peak_mb_above_baseline']:.0f} |")
     plot_memory(memory)
@@ -263,7 +307,8 @@ def main() -> None:
         "# Counterfactual expression\n\n## Against the simulated truth (8,000 cells x 500 genes, "
         "5 batches, batch_4 held out then adapted)\n\nCorrelation over cells x genes of log "
         "expression, each gene's mean removed; cells moved out of their own batch for 'as "
-        "batch k'.\n\n" + "\n".join(rows)
+        "batch k'.\n\n"
+        + "\n".join(rows)
         + f"\n\n## Memory: every cell as every batch, {memory['n_cells']:,} cells x "
         f"{memory['n_genes']:,} genes x {memory['n_batches']} batches, streamed\n\n"
         + "\n".join(mem)
@@ -271,8 +316,11 @@ def main() -> None:
         f"MB. Collecting one batch's full result with `get_counterfactual_expression`: output "
         f"{c['output_mb']:.0f} MB, peak {c['peak_mb_above_baseline']:.0f} MB above baseline.\n"
     )
-    write_results("rna_counterfactuals", {"truth": truth, "memory": memory,
-                                          "machine": machine(), "seed": SEED}, table)
+    write_results(
+        "rna_counterfactuals",
+        {"truth": truth, "memory": memory, "machine": machine(), "seed": SEED},
+        table,
+    )
 
 
 if __name__ == "__main__":

@@ -59,9 +59,15 @@ def train(devices: int, seed: int, out: Path) -> None:
         out,
         fe=model.get_latent_representation(kind="fe"),
         re=model.get_latent_representation(kind="re"),
-        facts=json.dumps({"devices": devices, "seed": seed, "seconds": seconds,
-                          "epochs": model.train_params_["epochs_trained"],
-                          "final_train_loss": float(model.history["train_loss"].iloc[-1, 0])}),
+        facts=json.dumps(
+            {
+                "devices": devices,
+                "seed": seed,
+                "seconds": seconds,
+                "epochs": model.train_params_["epochs_trained"],
+                "final_train_loss": float(model.history["train_loss"].iloc[-1, 0]),
+            }
+        ),
     )
 
 
@@ -74,13 +80,25 @@ def knn_overlap(a: np.ndarray, b: np.ndarray, k: int = 15) -> float:
 
 def compare() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
-    runs = {"one_process_seed0": (1, 0), "one_process_seed1": (1, 1),
-            "ddp_2_processes_seed0": (2, 0)}
+    runs = {
+        "one_process_seed0": (1, 0),
+        "one_process_seed1": (1, 1),
+        "ddp_2_processes_seed0": (2, 0),
+    }
     for name, (devices, seed) in runs.items():
         path = WORK / f"{name}.npz"
         if not path.exists():
-            cmd = [sys.executable, __file__, "train", "--devices", str(devices),
-                   "--seed", str(seed), "--out", str(path)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "train",
+                "--devices",
+                str(devices),
+                "--seed",
+                str(seed),
+                "--out",
+                str(path),
+            ]
             subprocess.run(cmd, check=True)
     adata = load_hvg(DATASET)
     data = {name: np.load(WORK / f"{name}.npz") for name in runs}
@@ -107,13 +125,18 @@ def compare() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['devices']} | {r['epochs']} | {r['seconds']:.0f} | "
-                     f"{r['final_train_loss']:.1f} | {r['fe_silhouette_batch']:.3f} | "
-                     f"{r['fe_silhouette_cell_type']:.3f} | {r['re_silhouette_batch']:.3f} |")
+        lines.append(
+            f"| {name} | {r['devices']} | {r['epochs']} | {r['seconds']:.0f} | "
+            f"{r['final_train_loss']:.1f} | {r['fe_silhouette_batch']:.3f} | "
+            f"{r['fe_silhouette_cell_type']:.3f} | {r['re_silhouette_batch']:.3f} |"
+        )
     lines.append("\nShared 15 nearest neighbours in the FE latent (1 = same neighbourhoods):\n")
     lines += [f"- {k}: {v:.3f}" for k, v in overlaps.items()]
-    write_results("rna_distributed", {"runs": rows, "knn_overlap": overlaps,
-                                      "machine": machine()}, "\n".join(lines) + "\n")
+    write_results(
+        "rna_distributed",
+        {"runs": rows, "knn_overlap": overlaps, "machine": machine()},
+        "\n".join(lines) + "\n",
+    )
 
 
 def main() -> None:

@@ -52,8 +52,14 @@ CACHE = Path(__file__).resolve().parent / ".cache" / "rna_integration"
 RUNS = RESULTS / "rna_integration_runs"
 METHODS = ["pca", "harmony", "scvi", "scanvi", "armed_fixed", "armed"]
 TOTALS = ("Batch correction", "Bio conservation", "Total")
-LABELS = {"pca": "PCA (uncorrected)", "harmony": "Harmony", "scvi": "scVI", "scanvi": "scANVI",
-          "armed_fixed": "ArmedRNA fixed (scMEDAL-FE)", "armed": "ArmedRNA (FE latent)"}
+LABELS = {
+    "pca": "PCA (uncorrected)",
+    "harmony": "Harmony",
+    "scvi": "scVI",
+    "scanvi": "scANVI",
+    "armed_fixed": "ArmedRNA fixed (scMEDAL-FE)",
+    "armed": "ArmedRNA (FE latent)",
+}
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 
 
@@ -99,8 +105,10 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
         model = scvi.model.SCVI(a, **kwargs)
         t0 = time.perf_counter()
         model.train(**QUIET)
-        facts = {"scvi_epochs": len(model.history["elbo_train"]),
-                 "scvi_seconds": time.perf_counter() - t0}
+        facts = {
+            "scvi_epochs": len(model.history["elbo_train"]),
+            "scvi_seconds": time.perf_counter() - t0,
+        }
         if base == "scvi":
             return {"X": model.get_latent_representation()}, facts
         # scANVI starts from this scVI; its cache also saves the scVI latent (as "scvi").
@@ -111,8 +119,10 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
         )
         scanvi.train(**QUIET)
         facts["scanvi_epochs"] = len(scanvi.history["elbo_train"])
-        return {"X": scanvi.get_latent_representation(),
-                "X_scvi": model.get_latent_representation()}, facts
+        return {
+            "X": scanvi.get_latent_representation(),
+            "X_scvi": model.get_latent_representation(),
+        }, facts
     if base in ("armed", "armed_fixed"):
         mode = "fixed" if base == "armed_fixed" else kwargs.pop("mode", "mixed")
         train_kwargs = {k: kwargs.pop(k) for k in ("max_epochs", "batch_size") if k in kwargs}
@@ -149,8 +159,11 @@ def run_embed(datasets, seeds, methods) -> None:
                 facts["seconds"] = time.perf_counter() - t0
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if "X_scvi" in arrays:  # the scVI that scANVI started from: no second fit
-                    np.savez(cache_path(dataset, "scvi", seed), X=arrays.pop("X_scvi"),
-                             facts=json.dumps({**facts, "seconds": facts["scvi_seconds"]}))
+                    np.savez(
+                        cache_path(dataset, "scvi", seed),
+                        X=arrays.pop("X_scvi"),
+                        facts=json.dumps({**facts, "seconds": facts["scvi_seconds"]}),
+                    )
                 np.savez(path, facts=json.dumps(facts), **arrays)
                 print(f"{dataset} seed {seed} {spec}: {facts}", flush=True)
 
@@ -174,14 +187,20 @@ def run_score(datasets, seeds) -> None:
                     adata.obsm[f"{spec}:re"] = data["X_re"]
                     cluster_keys.append(f"{spec}:re")
             t0 = time.perf_counter()
-            table = ab.metrics.scib(adata, scib_keys, "batch", "cell_type",
-                                    pre_integrated_key="pca")
+            table = ab.metrics.scib(
+                adata, scib_keys, "batch", "cell_type", pre_integrated_key="pca"
+            )
             clusters = ab.metrics.cluster_scores(adata, cluster_keys, "batch", "cell_type")
             payload = {
-                "dataset": dataset, "seed": seed, "n_obs": adata.n_obs, "n_vars": adata.n_vars,
+                "dataset": dataset,
+                "seed": seed,
+                "n_obs": adata.n_obs,
+                "n_vars": adata.n_vars,
                 "scib": table.to_dict(orient="records"),
                 "cluster_scores": clusters.reset_index().to_dict(orient="records"),
-                "facts": facts, "score_seconds": time.perf_counter() - t0, "machine": machine(),
+                "facts": facts,
+                "score_seconds": time.perf_counter() - t0,
+                "machine": machine(),
             }
             out = RUNS / f"{dataset}__seed{seed}.json"
             if out.exists():  # keep earlier scores of embeddings no longer in the cache
@@ -239,11 +258,17 @@ def winners(sub: pd.DataFrame, main: list[str]) -> tuple[dict, list[str]]:
         ranked = sorted(main, key=lambda e: -mean[e])
         best, second = ranked[0], ranked[1]
         gap = mean["armed"] - mean[best] if "armed" in mean else float("nan")
-        summary[total] = {"winner": best, "runner_up": second,
-                          "margin": mean[best] - mean[second], "armed_minus_winner": gap,
-                          "ranking": {e: mean[e] for e in ranked}}
-        line = (f"- {total}: **{label(best)}** {mean[best]:.3f}, ahead of {label(second)} by "
-                f"{mean[best] - mean[second]:.3f}")
+        summary[total] = {
+            "winner": best,
+            "runner_up": second,
+            "margin": mean[best] - mean[second],
+            "armed_minus_winner": gap,
+            "ranking": {e: mean[e] for e in ranked},
+        }
+        line = (
+            f"- {total}: **{label(best)}** {mean[best]:.3f}, ahead of {label(second)} by "
+            f"{mean[best] - mean[second]:.3f}"
+        )
         if best != "armed" and "armed" in mean:
             line += f"; ArmedRNA {gap:+.3f} from the winner"
         lines.append(line)
@@ -278,8 +303,11 @@ def run_report() -> None:
     for dataset in sorted(scib_df["dataset"].unique()):
         sub = stats.loc[dataset]
         embeddings = sorted(sub.index.get_level_values(0).unique(), key=order)
-        lines += [f"\n## {dataset}\n", "| method | n | " + " | ".join(metrics) + " |",
-                  "|---|---|" + "---|" * len(metrics)]
+        lines += [
+            f"\n## {dataset}\n",
+            "| method | n | " + " | ".join(metrics) + " |",
+            "|---|---|" + "---|" * len(metrics),
+        ]
         for emb in embeddings:
             cells = [fmt(sub.loc[(emb, m), "mean"], sub.loc[(emb, m), "std"]) for m in metrics]
             n = int(sub.loc[(emb, "Total"), "count"])
@@ -287,16 +315,24 @@ def run_report() -> None:
         main = [e for e in embeddings if e in METHODS]
         summary[dataset], win_lines = winners(sub, main)
         lines += ["\nWinners among the main methods (mean over seeds):\n", *win_lines]
-        lines += ["\nscMEDAL cluster scores (batch: lower = better mixed; label: higher = "
-                  "better separated; `:re` = the RE latent, where the batch should stay):\n"]
+        lines += [
+            "\nscMEDAL cluster scores (batch: lower = better mixed; label: higher = "
+            "better separated; `:re` = the RE latent, where the batch should stay):\n"
+        ]
         lines += cluster_table(cluster_df[cluster_df["dataset"] == dataset])
         secs = facts_df[facts_df["dataset"] == dataset].groupby("embedding")["seconds"].mean()
-        lines.append("\nFit seconds, mean over seeds (scANVI: its scVI included): "
-                     + ", ".join(f"{label(k)} {v:.0f}" for k, v in secs.items()) + "\n")
-    payload = {"scib": scib_df.to_dict(orient="records"),
-               "cluster_scores": cluster_df.to_dict(orient="records"),
-               "facts": facts_df.to_dict(orient="records"), "summary": summary,
-               "machine": machine()}
+        lines.append(
+            "\nFit seconds, mean over seeds (scANVI: its scVI included): "
+            + ", ".join(f"{label(k)} {v:.0f}" for k, v in secs.items())
+            + "\n"
+        )
+    payload = {
+        "scib": scib_df.to_dict(orient="records"),
+        "cluster_scores": cluster_df.to_dict(orient="records"),
+        "facts": facts_df.to_dict(orient="records"),
+        "summary": summary,
+        "machine": machine(),
+    }
     write_results("rna_integration", payload, "\n".join(lines) + "\n")
 
 

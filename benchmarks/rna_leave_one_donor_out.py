@@ -67,10 +67,13 @@ def run_armed(ref: ad.AnnData, query: ad.AnnData) -> dict:
     truth = query.obs[LABEL].astype(str).to_numpy()
     proba = model.predict_batch_proba(query)
     entropy = normalised_entropy(torch.as_tensor(proba.to_numpy())).numpy()
-    out = {"fit_seconds": fit_s, "z_temperature": float(model.module.z_temperature),
-           "fe_reconstruction_weight": model.module.fe_reconstruction_weight,
-           "fraction_z_zero": float((entropy > model.entropy_threshold).mean()),
-           "mean_soft_z": proba.mean().round(3).to_dict()}
+    out = {
+        "fit_seconds": fit_s,
+        "z_temperature": float(model.module.z_temperature),
+        "fe_reconstruction_weight": model.module.fe_reconstruction_weight,
+        "fraction_z_zero": float((entropy > model.entropy_threshold).mean()),
+        "mean_soft_z": proba.mean().round(3).to_dict(),
+    }
     for kind in ("fe", "me"):
         pred = model.predict(query, head=kind).astype(str)
         out[f"{kind}_accuracy"] = float((pred == truth).mean())
@@ -133,8 +136,11 @@ def main() -> None:
         return
     folds = [json.loads((FOLDS / f"{d}.json").read_text()) for d in donors]
 
-    rows = ["| held-out donor | cells | ArmedRNA FE head | ArmedRNA ME head (soft Z) | "
-            "scANVI query mapping | ME cells on Z = 0 |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| held-out donor | cells | ArmedRNA FE head | ArmedRNA ME head (soft Z) | "
+        "scANVI query mapping | ME cells on Z = 0 |",
+        "|---|---|---|---|---|---|",
+    ]
     for f in folds:
         rows.append(
             f"| {f['held_out']} | {f['n_query']} | {f['armed']['fe_accuracy']:.3f} | "
@@ -166,8 +172,12 @@ def main() -> None:
     )
     write_results(
         "rna_leave_one_donor_out",
-        {"folds": folds, "machine": machine(), "seed": SEED,
-         "epochs": {"scvi": SCVI_EPOCHS, "scanvi": SCANVI_EPOCHS, "query": QUERY_EPOCHS}},
+        {
+            "folds": folds,
+            "machine": machine(),
+            "seed": SEED,
+            "epochs": {"scvi": SCVI_EPOCHS, "scanvi": SCANVI_EPOCHS, "query": QUERY_EPOCHS},
+        },
         table,
     )
 

@@ -37,8 +37,10 @@ def pca(adata, seed: int) -> np.ndarray:
 
 
 def silhouettes(x, adata) -> dict:
-    return {"batch": float(silhouette_score(x, adata.obs["batch"])),
-            "cell_type": float(silhouette_score(x, adata.obs["cell_type"]))}
+    return {
+        "batch": float(silhouette_score(x, adata.obs["batch"])),
+        "cell_type": float(silhouette_score(x, adata.obs["cell_type"])),
+    }
 
 
 def quality(adata, seeds) -> dict:
@@ -74,8 +76,13 @@ def speed(adata, epochs: int, repeats: int = 2) -> dict:
             model.train(max_epochs=epochs, batch_size=128, callbacks=[timer], **QUIET)
             times[name].append(steady(timer.times))
     armed, ref = float(np.median(times["armed"])), float(np.median(times["scvi"]))
-    return {"armed_s_per_epoch": armed, "scvi_s_per_epoch": ref, "ratio": armed / ref,
-            "runs": times, "epochs_per_run": epochs}
+    return {
+        "armed_s_per_epoch": armed,
+        "scvi_s_per_epoch": ref,
+        "ratio": armed / ref,
+        "runs": times,
+        "epochs_per_run": epochs,
+    }
 
 
 def main() -> None:

@@ -77,10 +77,13 @@ def simulate_sparse(n_cells: int, seed: int = 0, chunk: int = 20_000) -> ad.AnnD
         blocks.append(sparse.csr_matrix(counts))
         cell_type.append(t)
         batch.append(b)
-    obs = pd.DataFrame({
-        "batch": pd.Categorical([f"batch_{i}" for i in np.concatenate(batch)]),
-        "cell_type": pd.Categorical([f"type_{i}" for i in np.concatenate(cell_type)]),
-    }, index=[f"cell_{i}" for i in range(n_cells)])
+    obs = pd.DataFrame(
+        {
+            "batch": pd.Categorical([f"batch_{i}" for i in np.concatenate(batch)]),
+            "cell_type": pd.Categorical([f"type_{i}" for i in np.concatenate(cell_type)]),
+        },
+        index=[f"cell_{i}" for i in range(n_cells)],
+    )
     return ad.AnnData(X=sparse.vstack(blocks, format="csr"), obs=obs)
 
 
@@ -101,18 +104,26 @@ def load(n_cells: int) -> ad.AnnData:
             adata = simulate_sparse(n_cells)
         CACHE.mkdir(parents=True, exist_ok=True)
         x = adata.X
-        np.savez(path, data=x.data, indices=x.indices, indptr=x.indptr,
-                 batch=adata.obs["batch"].cat.codes.to_numpy(),
-                 cell_type=adata.obs["cell_type"].cat.codes.to_numpy())
+        np.savez(
+            path,
+            data=x.data,
+            indices=x.indices,
+            indptr=x.indptr,
+            batch=adata.obs["batch"].cat.codes.to_numpy(),
+            cell_type=adata.obs["cell_type"].cat.codes.to_numpy(),
+        )
         return adata
     f = np.load(path)
     x = sparse.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=(n_cells, N_GENES))
     batches = [f"batch_{i}" for i in range(N_BATCHES)]
     types = [f"type_{i}" for i in range(N_TYPES)]
-    obs = pd.DataFrame({
-        "batch": pd.Categorical.from_codes(f["batch"], batches),
-        "cell_type": pd.Categorical.from_codes(f["cell_type"], types),
-    }, index=[f"cell_{i}" for i in range(n_cells)])
+    obs = pd.DataFrame(
+        {
+            "batch": pd.Categorical.from_codes(f["batch"], batches),
+            "cell_type": pd.Categorical.from_codes(f["cell_type"], types),
+        },
+        index=[f"cell_{i}" for i in range(n_cells)],
+    )
     return ad.AnnData(X=x, obs=obs)
 
 
@@ -124,21 +135,39 @@ def make_model(name: str, adata: ad.AnnData):
     return ArmedRNA(adata, mode="fixed" if name == "armed_fixed" else "mixed")
 
 
-def fit(name: str, adata: ad.AnnData, epochs: int, accelerator: str, batch_size: int = 128,
-        **trainer_kwargs) -> dict:
+def fit(
+    name: str,
+    adata: ad.AnnData,
+    epochs: int,
+    accelerator: str,
+    batch_size: int = 128,
+    **trainer_kwargs,
+) -> dict:
     model = make_model(name, adata)
     timer = EpochTimer()
     t0 = time.perf_counter()
-    model.train(max_epochs=epochs, batch_size=batch_size, accelerator=accelerator, devices=1,
-                enable_progress_bar=False, callbacks=[timer], **trainer_kwargs)
+    model.train(
+        max_epochs=epochs,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        devices=1,
+        enable_progress_bar=False,
+        callbacks=[timer],
+        **trainer_kwargs,
+    )
     out = {"epoch_seconds": timer.times, "train_call_seconds": time.perf_counter() - t0}
     del model
     gc.collect()
     return out
 
 
-def run_time(sizes: list[int], accelerator: str, stem: str, limit: int | None = None,
-             batch_size: int = BATCH_SIZE) -> None:
+def run_time(
+    sizes: list[int],
+    accelerator: str,
+    stem: str,
+    limit: int | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> None:
     rows = []
     # limit: time this many training batches per epoch and scale to the full epoch, for
     # sizes whose epochs outlast the machine's time.
@@ -154,8 +183,14 @@ def run_time(sizes: list[int], accelerator: str, stem: str, limit: int | None = 
                 res = fit(name, adata, epochs, accelerator, batch_size, **extra)
                 n_batches = math.ceil(math.ceil(0.9 * adata.n_obs) / batch_size)
                 scale = 1.0 if limit is None else n_batches / min(limit, n_batches)
-                row = {"n_cells": n, "model": name, "round": r, **res, "timed_batches": limit,
-                       "epoch_s": res["epoch_seconds"][-1] * scale}
+                row = {
+                    "n_cells": n,
+                    "model": name,
+                    "round": r,
+                    **res,
+                    "timed_batches": limit,
+                    "epoch_s": res["epoch_seconds"][-1] * scale,
+                }
                 if accelerator == "gpu":
                     row["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 rows.append(row)
@@ -170,21 +205,31 @@ def run_time(sizes: list[int], accelerator: str, stem: str, limit: int | None = 
         f"Simulated sparse counts x {N_GENES} genes, {N_BATCHES} batches; batch size "
         f"{batch_size}; 90 % of the cells train (scvi's split; no validation pass); median "
         "seconds of the last epoch over alternating rounds; cells/s = training cells / s. "
-        + ("" if limit is None else f"Epochs of more than {limit} training batches are timed "
-           f"on {limit} batches and scaled to the full epoch. ")
-        +
-        f"Torch threads: {torch.get_num_threads()}.\n",
+        + (
+            ""
+            if limit is None
+            else f"Epochs of more than {limit} training batches are timed "
+            f"on {limit} batches and scaled to the full epoch. "
+        )
+        + f"Torch threads: {torch.get_num_threads()}.\n",
         "| cells | ArmedRNA s/epoch | ArmedRNA fixed s/epoch | scVI s/epoch | ArmedRNA cells/s "
         "| scVI cells/s | ratio ArmedRNA / scVI | ratio fixed / scVI |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for n in med.index:
         a, f, s = med.loc[n, "armed"], med.loc[n, "armed_fixed"], med.loc[n, "scvi"]
-        lines.append(f"| {n:,} | {a:.1f} | {f:.1f} | {s:.1f} | {0.9 * n / a:,.0f} | "
-                     f"{0.9 * n / s:,.0f} | {a / s:.2f} | {f / s:.2f} |")
-    payload = {"runs": rows, "median_epoch_s": med.to_dict(), "accelerator": accelerator,
-               "batch_size": batch_size,
-               "device": device, "machine": machine()}
+        lines.append(
+            f"| {n:,} | {a:.1f} | {f:.1f} | {s:.1f} | {0.9 * n / a:,.0f} | "
+            f"{0.9 * n / s:,.0f} | {a / s:.2f} | {f / s:.2f} |"
+        )
+    payload = {
+        "runs": rows,
+        "median_epoch_s": med.to_dict(),
+        "accelerator": accelerator,
+        "batch_size": batch_size,
+        "device": device,
+        "machine": machine(),
+    }
     write_results(stem, payload, "\n".join(lines) + "\n")
 
 
@@ -206,8 +251,11 @@ def memory_child(n: int, name: str) -> None:
     data_gib = status_gib("VmRSS")
     fit(name, adata, 1, "cpu", limit_train_batches=200)
     peak = status_gib("VmHWM")
-    print("RESULT " + json.dumps({"n_cells": n, "model": name, "data_rss_gib": data_gib,
-                                  "peak_rss_gib": peak}), flush=True)
+    print(
+        "RESULT "
+        + json.dumps({"n_cells": n, "model": name, "data_rss_gib": data_gib, "peak_rss_gib": peak}),
+        flush=True,
+    )
 
 
 def run_memory(sizes: list[int], stem: str) -> None:
@@ -215,10 +263,14 @@ def run_memory(sizes: list[int], stem: str) -> None:
     for n in sizes:
         load(n)  # simulate once, outside the measured processes
         for name in MODELS:
-            out = subprocess.run([sys.executable, __file__, "memory-child", "--sizes", str(n),
-                                  "--model", name], capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "memory-child", "--sizes", str(n), "--model", name],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-            rows.append(json.loads(line[len("RESULT "):]))
+            rows.append(json.loads(line[len("RESULT ") :]))
             print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
     lines = [
@@ -231,8 +283,10 @@ def run_memory(sizes: list[int], stem: str) -> None:
     ]
     for n, g in df.groupby("n_cells"):
         peak = g.set_index("model")["peak_rss_gib"]
-        lines.append(f"| {n:,} | {g['data_rss_gib'].mean():.2f} | {peak['armed']:.2f} | "
-                     f"{peak['armed_fixed']:.2f} | {peak['scvi']:.2f} |")
+        lines.append(
+            f"| {n:,} | {g['data_rss_gib'].mean():.2f} | {peak['armed']:.2f} | "
+            f"{peak['armed_fixed']:.2f} | {peak['scvi']:.2f} |"
+        )
     write_results(f"{stem}_memory", {"runs": rows, "machine": machine()}, "\n".join(lines) + "\n")
 
 
@@ -256,10 +310,19 @@ def plot_scaling(stem: str) -> None:
         ax_m.plot(g["n_cells"], g["peak_rss_gib"], "o-", label=LABELS[name])
     data = memory.groupby("n_cells")["data_rss_gib"].mean()
     ax_m.plot(data.index, data.to_numpy(), "k--", label="the data alone")
-    ax_t.set(xscale="log", yscale="log", xlabel="cells (x 2,000 genes, sparse)",
-             ylabel="seconds per epoch (1 CPU thread)", title="time per epoch")
-    ax_m.set(xscale="log", xlabel="cells (x 2,000 genes, sparse)", ylabel="peak RSS (GiB)",
-             title="peak resident memory")
+    ax_t.set(
+        xscale="log",
+        yscale="log",
+        xlabel="cells (x 2,000 genes, sparse)",
+        ylabel="seconds per epoch (1 CPU thread)",
+        title="time per epoch",
+    )
+    ax_m.set(
+        xscale="log",
+        xlabel="cells (x 2,000 genes, sparse)",
+        ylabel="peak RSS (GiB)",
+        title="peak resident memory",
+    )
     for ax in (ax_t, ax_m):
         ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
@@ -269,8 +332,9 @@ def plot_scaling(stem: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("step", nargs="?", default="all",
-                        choices=["all", "time", "memory", "plot", "memory-child"])
+    parser.add_argument(
+        "step", nargs="?", default="all", choices=["all", "time", "memory", "plot", "memory-child"]
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=SIZES)
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
@@ -284,8 +348,7 @@ def main() -> None:
         memory_child(args.sizes[0], args.model)
         return
     if args.step in ("all", "time"):
-        run_time(args.sizes, args.accelerator, args.stem, args.limit_train_batches,
-                 args.batch_size)
+        run_time(args.sizes, args.accelerator, args.stem, args.limit_train_batches, args.batch_size)
     if args.step in ("all", "memory"):
         run_memory(args.sizes, args.stem)
     if args.step in ("all", "plot"):

@@ -31,8 +31,9 @@ SEED = 0
 def load(name: str) -> ad.AnnData:
     adata = ad.read_h5ad(SHARED / f"{name}.h5ad")
     if adata.n_vars > 2000:
-        hvg = sc.pp.highly_variable_genes(adata, n_top_genes=2000, flavor="seurat_v3",
-                                          batch_key="batch", inplace=False)
+        hvg = sc.pp.highly_variable_genes(
+            adata, n_top_genes=2000, flavor="seurat_v3", batch_key="batch", inplace=False
+        )
         adata = adata[:, hvg["highly_variable"].to_numpy()].copy()
     sc.pp.filter_genes(adata, min_cells=1)
     sc.pp.filter_cells(adata, min_counts=1)
@@ -65,8 +66,9 @@ def render(name: str) -> None:
     cells = one_cell_per_batch(adata, label)
     figs["counterfactuals"] = ab.pl.counterfactuals(model, adata, cells=cells, n_genes=30)
     figs["gene_layout"] = ab.pl.gene_layout(model, adata, cells=cells, n_genes=400, seed=SEED)
-    figs["gene_layout_relative"] = ab.pl.gene_layout(model, adata, cells=cells, n_genes=400,
-                                                     relative=True, seed=SEED)
+    figs["gene_layout_relative"] = ab.pl.gene_layout(
+        model, adata, cells=cells, n_genes=400, relative=True, seed=SEED
+    )
     scores = ab.metrics.cluster_scores(adata, keys, "batch", "cell_type")
     figs["cluster_scores"] = ab.pl.metrics(scores)
     scib = ab.metrics.scib(adata, keys, "batch", "cell_type", n_sample=3000, seed=SEED)

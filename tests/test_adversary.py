@@ -66,11 +66,13 @@ def test_strong_setting_removes_batch_versus_random_mode():
 
 def test_label_conditional_adversary_in_rna(tmp_path):
     """With labels the adversary sees z_FE and the label; its prior is p(batch | label)."""
-    adata = ab.datasets.simulate_counts(n_cells=300, n_genes=60, n_batches=3, n_cell_types=3,
-                                        seed=2)
+    adata = ab.datasets.simulate_counts(
+        n_cells=300, n_genes=60, n_batches=3, n_cell_types=3, seed=2
+    )
     # type_2 only in batch_0: the label alone tells the batch for those cells.
-    adata = adata[~((adata.obs["cell_type"] == "type_2")
-                    & (adata.obs["batch"] != "batch_0")).to_numpy()].copy()
+    adata = adata[
+        ~((adata.obs["cell_type"] == "type_2") & (adata.obs["batch"] != "batch_0")).to_numpy()
+    ].copy()
     ArmedRNA.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
     model = ArmedRNA(adata, seed=0)
     module = model.module
@@ -83,8 +85,7 @@ def test_label_conditional_adversary_in_rna(tmp_path):
     assert np.isfinite(model.history["adversary_ce_train"].to_numpy(dtype=float)).all()
     model.save(tmp_path / "m")
     loaded = ArmedRNA.load(tmp_path / "m", adata=adata)
-    np.testing.assert_allclose(loaded.module.batch_given_label.numpy(), table.to_numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(loaded.module.batch_given_label.numpy(), table.to_numpy(), atol=1e-6)
 
     unconditional = ArmedRNA(adata, seed=0, conditional_adversary=False).module
     assert not unconditional.conditional_adversary

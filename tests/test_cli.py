@@ -52,9 +52,22 @@ def test_fit_writes_annotated_copy_and_saves_model(tmp_path):
     src = tmp_path / "sim.h5ad"
     ab.datasets.simulate_counts(n_cells=200, n_genes=40).write_h5ad(src)
     before = _digest(src)
-    proc = run(["fit", str(src), str(tmp_path / "out.h5ad"), "--batch-key", "batch",
-                "--max-epochs", "2", "--model-dir", str(tmp_path / "model"), "--threads", "1"],
-               cwd=tmp_path)
+    proc = run(
+        [
+            "fit",
+            str(src),
+            str(tmp_path / "out.h5ad"),
+            "--batch-key",
+            "batch",
+            "--max-epochs",
+            "2",
+            "--model-dir",
+            str(tmp_path / "model"),
+            "--threads",
+            "1",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = ad.read_h5ad(tmp_path / "out.h5ad")
     assert out.obsm["X_armed_fe"].shape == (200, 10)
@@ -66,8 +79,7 @@ def test_fit_bad_batch_key_fails_clearly_and_writes_nothing(tmp_path):
     src = tmp_path / "sim.h5ad"
     ab.datasets.simulate_counts(n_cells=100, n_genes=30).write_h5ad(src)
     before = _digest(src)
-    proc = run(["fit", str(src), str(tmp_path / "out.h5ad"), "--batch-key", "plate"],
-               cwd=tmp_path)
+    proc = run(["fit", str(src), str(tmp_path / "out.h5ad"), "--batch-key", "plate"], cwd=tmp_path)
     assert proc.returncode == 2
     assert "batch_key 'plate' is not a column of adata.obs" in proc.stderr
     assert not (tmp_path / "out.h5ad").exists()

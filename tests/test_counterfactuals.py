@@ -56,9 +56,7 @@ def test_chunking_genes_and_library_options(model):
     np.testing.assert_allclose(sub.to_numpy(), full.iloc[[4, 2]][genes].to_numpy(), rtol=1e-5)
     assert list(sub.columns) == genes
     observed = model.get_counterfactual_expression(batch=None, library_size="observed")
-    np.testing.assert_allclose(
-        observed.sum(1), np.asarray(model.adata.X.sum(1)).ravel(), rtol=1e-3
-    )
+    np.testing.assert_allclose(observed.sum(1), np.asarray(model.adata.X.sum(1)).ravel(), rtol=1e-3)
     streamed = list(model.iter_counterfactual_expression(batch="batch_0", batch_size=128))
     assert [len(names) for names, _ in streamed] == [128, 128, 128, 116]
     np.testing.assert_allclose(np.vstack([v for _, v in streamed]), full.to_numpy(), rtol=1e-5)
@@ -153,7 +151,8 @@ def _with_extra_gene(adata):
 
     extra = anndata.AnnData(
         X=sparse.csr_matrix(np.ones((adata.n_obs, 1), dtype=np.float32)),
-        obs=adata.obs[[]], var=pd.DataFrame(index=["extra_gene"]),
+        obs=adata.obs[[]],
+        var=pd.DataFrame(index=["extra_gene"]),
     )
     joined = anndata.concat([adata, extra], axis=1)
     joined.obs = adata.obs.copy()

@@ -40,8 +40,13 @@ SCRIPT = textwrap.dedent(
 def test_ddp_two_cpu_processes_train_in_sync(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
-    run = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
-                         text=True, timeout=600, cwd=tmp_path)
+    run = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # Gradients are all-reduced: both ranks end with the same weights, although each saw

@@ -14,8 +14,7 @@ from armed_bio.model import ArmedImage, ArmedImageClassifier
 
 @pytest.fixture(scope="module")
 def fields():
-    return ab.datasets.simulate_fields(n_fields=4, n_batches=2, n_nuclei=12, size=(96, 96),
-                                       seed=3)
+    return ab.datasets.simulate_fields(n_fields=4, n_batches=2, n_nuclei=12, size=(96, 96), seed=3)
 
 
 @pytest.fixture
@@ -25,8 +24,12 @@ def crops(fields):
 
 
 def _snapshot(adata):
-    return (list(adata.obs.columns), list(adata.obsm.keys()), list(adata.uns.keys()),
-            {k: np.array(v, copy=True) for k, v in adata.obsm.items()})
+    return (
+        list(adata.obs.columns),
+        list(adata.obsm.keys()),
+        list(adata.uns.keys()),
+        {k: np.array(v, copy=True) for k, v in adata.obsm.items()},
+    )
 
 
 def _assert_unchanged(adata, snap):
@@ -54,8 +57,9 @@ def test_front_end_finds_every_simulated_nucleus(fields):
 
 
 def test_time_lapse_keeps_frames(fields):
-    f, b, truth = ab.datasets.simulate_fields(n_fields=2, n_nuclei=8, size=(80, 80),
-                                              n_frames=3, seed=1)
+    f, b, truth = ab.datasets.simulate_fields(
+        n_fields=2, n_nuclei=8, size=(80, 80), n_frames=3, seed=1
+    )
     assert f[0].shape == (3, 2, 80, 80)
     adata = ab.pp.crop_objects(f, batch=b, crop_size=16, progress_bar=False)
     assert sorted(adata.obs["frame"].unique()) == [0, 1, 2]

@@ -74,8 +74,11 @@ def test_classifier_embedding_to_obsm_and_seed_reproducible(classifier, crops):
     ArmedImageClassifier.setup_anndata(again, batch_key="batch", labels_key="phenotype")
     twin = ArmedImageClassifier(again, channels=(8, 16), n_latent=8, seed=0)
     twin.train(max_epochs=15, batch_size=32, seed=0, **FAST)
-    np.testing.assert_allclose(twin.get_latent_representation(crops),
-                               classifier.get_latent_representation(crops), atol=1e-5)
+    np.testing.assert_allclose(
+        twin.get_latent_representation(crops),
+        classifier.get_latent_representation(crops),
+        atol=1e-5,
+    )
 
 
 def test_unseen_plate_takes_the_z_predictor_route(classifier, crops, caplog):
@@ -87,8 +90,11 @@ def test_unseen_plate_takes_the_z_predictor_route(classifier, crops, caplog):
     assert np.isfinite(proba.to_numpy()).all()
     classifier.entropy_threshold = 0.0  # every unseen crop on Z = 0: ME equals FE
     try:
-        np.testing.assert_allclose(classifier.predict(query, head="me", soft=True),
-                                   classifier.predict(query, head="fe", soft=True), atol=1e-6)
+        np.testing.assert_allclose(
+            classifier.predict(query, head="me", soft=True),
+            classifier.predict(query, head="fe", soft=True),
+            atol=1e-6,
+        )
     finally:
         classifier.entropy_threshold = 0.5
 
@@ -107,8 +113,11 @@ def test_plain_cnn_has_no_adversary_and_no_random_effects(crops):
 def test_classifier_save_load_roundtrip(classifier, crops, tmp_path):
     classifier.save(tmp_path / "m", save_anndata=True)
     loaded = ArmedImageClassifier.load(tmp_path / "m")
-    np.testing.assert_allclose(loaded.predict(crops, head="me", soft=True),
-                               classifier.predict(crops, head="me", soft=True), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(crops, head="me", soft=True),
+        classifier.predict(crops, head="me", soft=True),
+        atol=1e-6,
+    )
     assert float(loaded.module.z_temperature) == float(classifier.module.z_temperature)
     np.testing.assert_allclose(loaded.module.image_std, classifier.module.image_std)
 
@@ -120,8 +129,9 @@ def test_autoencoder_latents_and_counterfactual_images(autoencoder, crops):
     assert re.shape == (crops.n_obs, 8)
     cells = [0, 1, 2]
     plates = autoencoder.batch_categories_
-    as_plate = {p: autoencoder.get_counterfactual_images(crops, batch=p, indices=cells)
-                for p in plates}
+    as_plate = {
+        p: autoencoder.get_counterfactual_images(crops, batch=p, indices=cells) for p in plates
+    }
     free = autoencoder.get_counterfactual_images(crops, batch=None, indices=cells)
     assert free.shape == (3, 2, 20, 20)
     assert free.dtype == np.float32
@@ -136,8 +146,9 @@ def test_autoencoder_latents_and_counterfactual_images(autoencoder, crops):
 
 
 def test_image_counterfactual_figure(autoencoder, crops, tmp_path):
-    fig = ab.pl.image_counterfactuals(autoencoder, crops, cells=[0, 5], show=False,
-                                      save=tmp_path / "cf.png")
+    fig = ab.pl.image_counterfactuals(
+        autoencoder, crops, cells=[0, 5], show=False, save=tmp_path / "cf.png"
+    )
     # observed + one column per plate + batch-free, for each of 2 cells
     assert len(fig.axes) == 2 * (1 + len(autoencoder.batch_categories_) + 1)
     assert (tmp_path / "cf.png").stat().st_size > 5000

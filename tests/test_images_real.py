@@ -18,10 +18,14 @@ pytestmark = pytest.mark.slow
 def bbbc021():
     adata = ad.read_h5ad(shared_file("bbbc021_mcf7_crops_4plates.h5ad"))
     rng = np.random.default_rng(0)
-    keep = np.sort(np.concatenate([
-        rng.choice(np.flatnonzero((adata.obs["batch"] == p).to_numpy()), 250, replace=False)
-        for p in adata.obs["batch"].cat.categories
-    ]))
+    keep = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero((adata.obs["batch"] == p).to_numpy()), 250, replace=False)
+                for p in adata.obs["batch"].cat.categories
+            ]
+        )
+    )
     return adata[keep].copy()
 
 
@@ -55,8 +59,7 @@ def test_autoencoder_renders_real_crops_as_each_plate(bbbc021, tmp_path):
     model.train(max_epochs=3, seed=0, **FAST)
     model.write_to_adata()
     assert adata.obsm["X_armed_re"].shape == (adata.n_obs, 8)
-    fig = ab.pl.image_counterfactuals(model, cells=[0, 300], show=False,
-                                      save=tmp_path / "cf.png")
+    fig = ab.pl.image_counterfactuals(model, cells=[0, 300], show=False, save=tmp_path / "cf.png")
     assert len(fig.axes) == 2 * 6
     free = model.get_counterfactual_images(indices=[0, 1])
     assert free.shape == (2, 3, 68, 68)

@@ -53,8 +53,9 @@ def test_cluster_scores_bad_keys(embedded):
 
 
 def test_embeddings_plot_renders(embedded, tmp_path):
-    fig = ab.pl.embeddings(embedded, color=["batch", "label"], obsm_keys=["X_one", "X_two"],
-                           save=tmp_path / "e.png")
+    fig = ab.pl.embeddings(
+        embedded, color=["batch", "label"], obsm_keys=["X_one", "X_two"], save=tmp_path / "e.png"
+    )
     assert fig.axes[0].get_title() == "X_one"
     assert len(fig.axes) == 4
     assert (tmp_path / "e.png").stat().st_size > 5000

@@ -15,8 +15,14 @@ from armed_bio.model._base import default_max_epochs
 
 @pytest.mark.parametrize(
     ("mode", "likelihood"),
-    [("mixed", "nb"), ("mixed", "zinb"), ("mixed", "poisson"), ("mixed", "gaussian"),
-     ("fixed", "nb"), ("random", "nb")],
+    [
+        ("mixed", "nb"),
+        ("mixed", "zinb"),
+        ("mixed", "poisson"),
+        ("mixed", "gaussian"),
+        ("fixed", "nb"),
+        ("random", "nb"),
+    ],
 )
 def test_modes_and_likelihoods_train(sim, mode, likelihood):
     if likelihood == "gaussian":
@@ -61,7 +67,8 @@ def test_latent_on_new_anndata_with_same_genes(trained):
     np.testing.assert_allclose(
         trained.get_latent_representation(sub),
         trained.get_latent_representation(indices=np.arange(50)),
-        rtol=1e-5, atol=1e-6,
+        rtol=1e-5,
+        atol=1e-6,
     )
 
 
@@ -113,8 +120,10 @@ class _Payload:
 def test_load_never_unpickles_code(trained, tmp_path):
     trained.save(tmp_path / "m")
     marker = tmp_path / "pwned"
-    torch.save({"format": "armed_bio.model/1", "model_state_dict": _Payload(str(marker)),
-                "var_names": []}, tmp_path / "m" / "model.pt")
+    torch.save(
+        {"format": "armed_bio.model/1", "model_state_dict": _Payload(str(marker)), "var_names": []},
+        tmp_path / "m" / "model.pt",
+    )
     with pytest.raises(ValueError, match="not loaded"):
         ArmedRNA.load(tmp_path / "m", adata=trained.adata)
     assert not marker.exists()
@@ -140,8 +149,13 @@ def test_same_seed_same_latents():
 def test_early_stopping_fires_on_logged_validation_loss(sim):
     ArmedRNA.setup_anndata(sim, batch_key="batch")
     model = ArmedRNA(sim)
-    model.train(max_epochs=300, early_stopping=True, early_stopping_patience=2,
-                early_stopping_min_delta=1e6, **FAST)
+    model.train(
+        max_epochs=300,
+        early_stopping=True,
+        early_stopping_patience=2,
+        early_stopping_min_delta=1e6,
+        **FAST,
+    )
     # min_delta is huge, so no epoch counts as an improvement: it must stop after patience.
     assert "elbo_validation" in model.history
     assert model.train_params_["epochs_trained"] <= 4

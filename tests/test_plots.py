@@ -43,8 +43,9 @@ def test_counterfactual_heatmap_shows_model_outputs(real, tmp_path):
     genes = list(model.get_gene_batch_variance().index[:15])
     assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == genes
     shown = heat.get_images()[0].get_array()
-    expected = model.get_counterfactual_expression(adata, batch=batches[2], indices=[0],
-                                                   gene_list=genes)
+    expected = model.get_counterfactual_expression(
+        adata, batch=batches[2], indices=[0], gene_list=genes
+    )
     np.testing.assert_allclose(shown[2 + 2], np.log1p(expected.to_numpy()[0]), rtol=1e-5)
     plt.close(fig)
 

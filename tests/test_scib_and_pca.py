@@ -31,8 +31,18 @@ def test_scib_tidy_table_on_real_cells(kang, tmp_path):
         assert wide.loc[emb, "Total"] == pytest.approx(
             0.4 * wide.loc[emb, "Batch correction"] + 0.6 * wide.loc[emb, "Bio conservation"]
         )
-    assert {"iLISI", "KBET", "Graph connectivity", "PCR comparison", "Isolated labels",
-            "KMeans NMI", "KMeans ARI", "Silhouette label", "cLISI", "BRAS"} <= set(wide.columns)
+    assert {
+        "iLISI",
+        "KBET",
+        "Graph connectivity",
+        "PCR comparison",
+        "Isolated labels",
+        "KMeans NMI",
+        "KMeans ARI",
+        "Silhouette label",
+        "cLISI",
+        "BRAS",
+    } <= set(wide.columns)
     # Cell types are real structure in PCA, absent from noise; noise is perfectly "mixed".
     assert wide.loc["X_pca", "Bio conservation"] > wide.loc["X_noise", "Bio conservation"] + 0.2
     assert wide.loc["X_noise", "iLISI"] > wide.loc["X_pca", "iLISI"]

@@ -13,9 +13,10 @@ TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 
 def test_microscopy_tutorial_runs(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(TUTORIALS / "microscopy.py"), "--out", str(tmp_path),
-         "--epochs", "3"],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, str(TUTORIALS / "microscopy.py"), "--out", str(tmp_path), "--epochs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "segmentation vs truth" in result.stdout

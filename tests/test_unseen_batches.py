@@ -31,7 +31,11 @@ def split():
 
 def _snapshot(adata):
     return (
-        adata.obs.copy(), adata.var.copy(), adata.X.copy(), set(adata.uns), set(adata.obsm),
+        adata.obs.copy(),
+        adata.var.copy(),
+        adata.X.copy(),
+        set(adata.uns),
+        set(adata.obsm),
         set(adata.layers),
     )
 
@@ -202,15 +206,17 @@ def test_adapt_is_reproducible_and_saved(split, tmp_path):
     _, model, query = split
     a = model.adapt(query, max_epochs=3, seed=5, progress_bar=False)
     b = model.adapt(query, max_epochs=3, seed=5, progress_bar=False)
-    for (name, x), y in zip(a.module.state_dict().items(), b.module.state_dict().values(),
-                            strict=True):
+    for (name, x), y in zip(
+        a.module.state_dict().items(), b.module.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(x, y, msg=name)
     a.save(tmp_path / "adapted")
     loaded = ArmedRNA.load(tmp_path / "adapted", adata=model.adata)
     assert loaded.batch_categories_ == a.batch_categories_
     np.testing.assert_allclose(
         loaded.get_counterfactual_expression(query, batch="batch_3"),
-        a.get_counterfactual_expression(query, batch="batch_3"), rtol=1e-5,
+        a.get_counterfactual_expression(query, batch="batch_3"),
+        rtol=1e-5,
     )
 
 

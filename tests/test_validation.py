@@ -50,16 +50,27 @@ CASES = {
     "unknown layer": (lambda a: a, {"layer": "counts"}, KeyError, "not in adata.layers"),
     "unknown labels_key": (lambda a: a, {"labels_key": "celltype"}, KeyError, "labels_key"),
     "NaN values": (
-        lambda a: _with_x(a, lambda x: x.__setitem__((0, 0), np.nan)), {}, ValueError, "NaN",
+        lambda a: _with_x(a, lambda x: x.__setitem__((0, 0), np.nan)),
+        {},
+        ValueError,
+        "NaN",
     ),
     "inf values": (
-        lambda a: _with_x(a, lambda x: x.__setitem__((1, 2), np.inf)), {}, ValueError, "infinite",
+        lambda a: _with_x(a, lambda x: x.__setitem__((1, 2), np.inf)),
+        {},
+        ValueError,
+        "infinite",
     ),
     "empty cell": (
-        lambda a: _with_x(a, lambda x: x.__setitem__(3, 0)), {}, ValueError, "filter_cells",
+        lambda a: _with_x(a, lambda x: x.__setitem__(3, 0)),
+        {},
+        ValueError,
+        "filter_cells",
     ),
     "empty gene": (
-        lambda a: _with_x(a, lambda x: x.__setitem__((slice(None), 5), 0)), {}, ValueError,
+        lambda a: _with_x(a, lambda x: x.__setitem__((slice(None), 5), 0)),
+        {},
+        ValueError,
         "filter_genes",
     ),
 }

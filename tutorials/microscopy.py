@@ -56,7 +56,8 @@ print("segmentation vs truth:", ab.metrics.match_objects(adata.obs, truth, max_d
 nearest = [
     truth.loc[truth["field"] == r.field]
     .assign(d=lambda t, r=r: np.hypot(t.y - r.centroid_y, t.x - r.centroid_x))
-    .nsmallest(1, "d")["phenotype"].item()
+    .nsmallest(1, "d")["phenotype"]
+    .item()
     for r in adata.obs.itertuples()
 ]
 adata.obs["phenotype"] = pd.Categorical(nearest)
@@ -77,10 +78,14 @@ ArmedImage.setup_anndata(adata, image_key="image", batch_key="batch")
 ae = ArmedImage(adata, channels=(16, 32, 32), seed=0)
 ae.train(max_epochs=args.epochs, batch_size=64, **train_kwargs)
 ae.write_to_adata()
-ab.pl.image_counterfactuals(ae, cells=[0, 40, 80], show=False,
-                            save=out / "image_counterfactuals.png")
-print(ab.metrics.cluster_scores(adata, ["X_armed_fe", "X_armed_re"], "batch", "phenotype")
-      [["silhouette_batch", "silhouette_label"]])
+ab.pl.image_counterfactuals(
+    ae, cells=[0, 40, 80], show=False, save=out / "image_counterfactuals.png"
+)
+print(
+    ab.metrics.cluster_scores(adata, ["X_armed_fe", "X_armed_re"], "batch", "phenotype")[
+        ["silhouette_batch", "silhouette_label"]
+    ]
+)
 
 # %% [markdown]
 # ## 4. Mixed-effects CNN on a batch it has never seen

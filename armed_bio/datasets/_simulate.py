@@ -72,10 +72,13 @@ def simulate_counts(
 
     obs = pd.DataFrame(
         {
-            "batch": pd.Categorical([f"batch_{b}" for b in batch],
-                                    categories=[f"batch_{b}" for b in range(n_batches)]),
-            "cell_type": pd.Categorical([f"type_{t}" for t in cell_type],
-                                        categories=[f"type_{t}" for t in range(n_cell_types)]),
+            "batch": pd.Categorical(
+                [f"batch_{b}" for b in batch], categories=[f"batch_{b}" for b in range(n_batches)]
+            ),
+            "cell_type": pd.Categorical(
+                [f"type_{t}" for t in cell_type],
+                categories=[f"type_{t}" for t in range(n_cell_types)],
+            ),
             "library": library,
         },
         index=[f"cell_{i}" for i in range(n_cells)],

@@ -81,17 +81,25 @@ def simulate_fields(
         frames = []
         for t in range(t_count):
             if t:
-                centres = np.clip(centres + rng.normal(0, 1.0, centres.shape), 10,
-                                  [h - 10, w - 10])
+                centres = np.clip(centres + rng.normal(0, 1.0, centres.shape), 10, [h - 10, w - 10])
             img = np.zeros((n_channels, h, w), dtype=np.float32)
             for k, ((cy, cx), r) in enumerate(zip(centres, radii, strict=True)):
                 d2 = ((yy - cy) ** 2 + (xx - cx) ** 2) / r**2
                 img[0] += 180 * np.exp(-(d2**3))  # flat-topped nucleus
                 for c in range(1, n_channels):
                     img[c] += 70 * np.exp(-d2 / (4.0 + c))
-                truth.append({"field": f"field_{f}", "batch": f"batch_{b}", "frame": t,
-                              "track": k, "y": float(cy), "x": float(cx), "radius": float(r),
-                              "phenotype": phenos[k]})
+                truth.append(
+                    {
+                        "field": f"field_{f}",
+                        "batch": f"batch_{b}",
+                        "frame": t,
+                        "track": k,
+                        "y": float(cy),
+                        "x": float(cx),
+                        "radius": float(r),
+                        "phenotype": phenos[k],
+                    }
+                )
             img = img * illum * eff["gain"] + eff["offset"]
             img += rng.normal(0, 4, img.shape)
             frames.append(np.clip(img, 0, 255).astype(np.uint8))

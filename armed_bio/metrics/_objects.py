@@ -59,6 +59,12 @@ def match_objects(
     precision = matched / n_found if n_found else 0.0
     recall = matched / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"n_true": n_true, "n_found": n_found, "n_matched": matched,
-            "precision": precision, "recall": recall, "f1": f1,
-            "mean_distance": float(np.mean(dists)) if dists else float("nan")}
+    return {
+        "n_true": n_true,
+        "n_found": n_found,
+        "n_matched": matched,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "mean_distance": float(np.mean(dists)) if dists else float("nan"),
+    }

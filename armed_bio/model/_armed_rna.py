@@ -160,9 +160,10 @@ class ArmedRNA(ArmedModelBase):
     def _stream_expression(
         self, adata, indices, gene_list, library_size, batch_size, batch, observed: bool
     ) -> Iterator[tuple[slice, np.ndarray]]:
-        if not (library_size == "observed" or (
-            isinstance(library_size, int | float) and library_size > 0
-        )):
+        if not (
+            library_size == "observed"
+            or (isinstance(library_size, int | float) and library_size > 0)
+        ):
             raise ValueError(
                 f"library_size must be a positive number or 'observed', got {library_size!r}."
             )
@@ -340,8 +341,9 @@ class ArmedRNA(ArmedModelBase):
         new_cells = np.flatnonzero(codes == UNSEEN)
         if max_epochs is None:
             steps_per_epoch = math.ceil(len(new_cells) / batch_size)
-            max_epochs = min(MAX_ADAPT_EPOCHS,
-                             max(1, math.ceil(ADAPT_TARGET_STEPS / steps_per_epoch)))
+            max_epochs = min(
+                MAX_ADAPT_EPOCHS, max(1, math.ceil(ADAPT_TARGET_STEPS / steps_per_epoch))
+            )
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
 
@@ -353,8 +355,9 @@ class ArmedRNA(ArmedModelBase):
         adapted = copy.copy(self)
         adapted.module = module = copy.deepcopy(self.module)
         adapted.batch_categories_ = list(self.batch_categories_) + list(new_batches)
-        module.add_batches(self._mean_soft_design(module, matrix, new_codes, n_old,
-                                                  len(new_batches)))
+        module.add_batches(
+            self._mean_soft_design(module, matrix, new_codes, n_old, len(new_batches))
+        )
         minibatches = QueryMinibatches(matrix, new_cells, new_codes, batch_size, seed)
         losses = fit_new_batches(module, minibatches, n_old, max_epochs, lr, seed, progress_bar)
         adapted.adapt_params_ = {

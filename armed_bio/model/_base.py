@@ -87,7 +87,8 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             if old in kwargs and new in known:
                 warnings.warn(
                     f"{type(self).__name__}({old}=...) is deprecated; use {new}=.",
-                    FutureWarning, stacklevel=3,
+                    FutureWarning,
+                    stacklevel=3,
                 )
                 kwargs[new] = kwargs.pop(old)
         derived = set(self._data_arguments) & set(kwargs)
@@ -120,8 +121,13 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
 
     @classmethod
     def _register(
-        cls, adata: AnnData, data_field, batch_key: str | None, labels_key: str | None,
-        setup_method_args: dict, **kwargs,
+        cls,
+        adata: AnnData,
+        data_field,
+        batch_key: str | None,
+        labels_key: str | None,
+        setup_method_args: dict,
+        **kwargs,
     ) -> None:
         """Check the batch and label columns, then register ``data_field`` with them.
 
@@ -250,9 +256,11 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             datasplitter_kwargs=datasplitter_kwargs,
             **trainer_kwargs,
         )
-        self.train_params_["epochs_trained"] = len(self.history_["train_loss"]) if (
-            self.history_ and "train_loss" in self.history_
-        ) else max_epochs
+        self.train_params_["epochs_trained"] = (
+            len(self.history_["train_loss"])
+            if (self.history_ and "train_loss" in self.history_)
+            else max_epochs
+        )
         if self.module.has_random_effects:
             held_out = self.validation_indices
             if held_out is not None and len(held_out):
@@ -442,8 +450,9 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             )
         temperature = fit_temperature(logits, torch.as_tensor(codes))
         self.module.z_temperature.fill_(temperature)
-        logger.info(f"Z-predictor temperature fitted on {len(codes)} held-out cells: "
-                    f"{temperature:.3g}.")
+        logger.info(
+            f"Z-predictor temperature fitted on {len(codes)} held-out cells: {temperature:.3g}."
+        )
         return temperature
 
     # ------------------------------------------------------------------ labels
@@ -492,8 +501,9 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                 "and train a new model."
             )
         if kind is not None:
-            warnings.warn("predict(kind=...) is deprecated; use head=.", FutureWarning,
-                          stacklevel=2)
+            warnings.warn(
+                "predict(kind=...) is deprecated; use head=.", FutureWarning, stacklevel=2
+            )
             head = kind
         if head not in ("fe", "me"):
             raise ValueError(f"head must be 'fe' or 'me', got {head!r}.")
@@ -627,7 +637,6 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         model.module.load_state_dict(state)
         model.module.eval()
         return model
-
 
 
 def _saved_arguments(init_params: dict) -> dict[str, Any]:

@@ -88,7 +88,7 @@ class ArmedImageModelBase(ArmedModelBase):
         total = np.zeros(images.shape[1])
         total_sq = np.zeros(images.shape[1])
         for start in range(0, images.shape[0], 512):
-            block = images[start:start + 512].astype(np.float64)
+            block = images[start : start + 512].astype(np.float64)
             total += block.sum(axis=(0, 2, 3))
             total_sq += (block**2).sum(axis=(0, 2, 3))
         n = images.shape[0] * images.shape[2] * images.shape[3]

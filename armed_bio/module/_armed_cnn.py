@@ -69,11 +69,25 @@ class ArmedCNNModule(ArmedImageModuleBase):
                 f"A classifier needs at least 2 label categories, got {n_labels}. Check the "
                 "labels_key column (and that the training cells hold more than one label)."
             )
-        super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
-                         adversary_objective, n_labels, 1.0, augment, conditional_adversary)
+        super().__init__(
+            n_channels,
+            image_size,
+            n_batch,
+            mode,
+            n_latent,
+            adversary_weight,
+            adversary_objective,
+            n_labels,
+            1.0,
+            augment,
+            conditional_adversary,
+        )
         self.encoder = ConvEncoder(n_channels, self.image_size, n_latent, channels)
         self.label_head = MixedEffectsClassifier(
-            n_latent, n_labels, n_batch if self.has_random_effects else 0, n_hidden,
+            n_latent,
+            n_labels,
+            n_batch if self.has_random_effects else 0,
+            n_hidden,
             hidden_prior_sd,
         )
         if self.has_adversary:
@@ -81,7 +95,10 @@ class ArmedCNNModule(ArmedImageModuleBase):
 
     @auto_move_data
     def inference(
-        self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        design: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> dict:
         """``z_FE``, the backbone's feature maps and the design of images ``x``."""
@@ -95,8 +112,12 @@ class ArmedCNNModule(ArmedImageModuleBase):
         return {}
 
     def objective(
-        self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
-        adversary_warmup: float, metrics: dict,
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        generative_outputs: dict,
+        adversary_warmup: float,
+        metrics: dict,
     ) -> tuple[torch.Tensor, None]:
         """``CE_FE + CE_ME + lambda_g * adversary term + CE_Z`` (no reconstruction)."""
         loss = self.shared_losses(tensors, inference_outputs, metrics)

@@ -74,15 +74,30 @@ class ArmedImageModule(ArmedImageModuleBase):
         augment: bool = True,
         conditional_adversary: bool = True,
     ):
-        super().__init__(n_channels, image_size, n_batch, mode, n_latent, adversary_weight,
-                         adversary_objective, n_labels, classification_weight, augment,
-                         conditional_adversary)
+        super().__init__(
+            n_channels,
+            image_size,
+            n_batch,
+            mode,
+            n_latent,
+            adversary_weight,
+            adversary_objective,
+            n_labels,
+            classification_weight,
+            augment,
+            conditional_adversary,
+        )
         self.n_latent_re = n_latent_re
         self.fe_reconstruction_weight = fe_reconstruction_weight
         n_re = n_batch if self.has_random_effects else 0
         self.encoder = ConvEncoder(n_channels, self.image_size, n_latent, channels)
         self.decoder = MixedEffectsConvDecoder(
-            n_latent, n_channels, self.image_size, channels, n_re, hidden_prior_sd,
+            n_latent,
+            n_channels,
+            self.image_size,
+            channels,
+            n_re,
+            hidden_prior_sd,
             output_prior_sd,
         )
         if self.has_random_encoder:
@@ -91,14 +106,18 @@ class ArmedImageModule(ArmedImageModuleBase):
             )
             self.re_batch_head = nn.Linear(n_latent_re, n_batch)
         if n_labels > 0:
-            self.label_head = MixedEffectsClassifier(n_latent, n_labels, n_re,
-                                                     prior_sd=hidden_prior_sd)
+            self.label_head = MixedEffectsClassifier(
+                n_latent, n_labels, n_re, prior_sd=hidden_prior_sd
+            )
         if self.has_adversary:
             self._add_adversary(sum(channels) + n_latent)
 
     @auto_move_data
     def inference(
-        self, x: torch.Tensor, batch_index: torch.Tensor, design: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        batch_index: torch.Tensor,
+        design: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> dict:
         """``z_FE``, its feature maps and the design of images ``x`` (and ``z_RE``)."""
@@ -126,8 +145,12 @@ class ArmedImageModule(ArmedImageModuleBase):
         return self.denormalise(self.decoder(z, design))
 
     def objective(
-        self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
-        adversary_warmup: float, metrics: dict,
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        generative_outputs: dict,
+        adversary_warmup: float,
+        metrics: dict,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The autoencoder's loss on standardised pixels, before the KL term.
 

@@ -116,8 +116,14 @@ class ArmedVAEModule(ArmedModuleBase):
             raise ValueError(
                 f"adversary_weight must be 'auto' or a number, got {adversary_weight!r}."
             )
-        super().__init__(n_batch, mode, n_labels, conditional_adversary, adversary_objective,
-                         classification_weight)
+        super().__init__(
+            n_batch,
+            mode,
+            n_labels,
+            conditional_adversary,
+            adversary_objective,
+            classification_weight,
+        )
         self.n_input = n_input
         self.likelihood = likelihood
         self.n_latent = n_latent
@@ -326,8 +332,12 @@ class ArmedVAEModule(ArmedModuleBase):
         return self.adversary_scale * torch.nan_to_num(self.reconstruction_scale, nan=0.0)
 
     def objective(
-        self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
-        adversary_warmup: float, metrics: dict,
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        generative_outputs: dict,
+        adversary_warmup: float,
+        metrics: dict,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """ARMED objective per cell, before the KL term.
 
@@ -393,8 +403,11 @@ class ArmedVAEModule(ArmedModuleBase):
         """
         shared = self._count_terms(tensors["X"])
         rec = self._reconstruction(
-            tensors["X"], generative_outputs["eta"], inference_outputs["library"],
-            generative_outputs["px"], shared,
+            tensors["X"],
+            generative_outputs["eta"],
+            inference_outputs["library"],
+            generative_outputs["px"],
+            shared,
         )
         loss = rec.mean()
         if self.has_random_encoder:

@@ -293,7 +293,10 @@ class ArmedModuleBase(BaseModuleClass):
         logits = self.adversary(self.adversary_input(inference_outputs))
         weight = self.current_adversary_weight() * warmup
         term, adv_metrics = adversary_penalty(
-            logits, target, weight, self.adversary_objective,
+            logits,
+            target,
+            weight,
+            self.adversary_objective,
             self.adversary_prior(inference_outputs),
         )
         metrics.update(adv_metrics)
@@ -301,7 +304,10 @@ class ArmedModuleBase(BaseModuleClass):
 
     # ------------------------------------------------------------------ shared losses
     def shared_losses(
-        self, tensors: dict, inference_outputs: dict, metrics: dict,
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        metrics: dict,
         loss: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``loss`` (default 0) plus the Z-predictor and label-head losses, by mode."""
@@ -324,8 +330,12 @@ class ArmedModuleBase(BaseModuleClass):
         return loss
 
     def objective(
-        self, tensors: dict, inference_outputs: dict, generative_outputs: dict,
-        adversary_warmup: float, metrics: dict,
+        self,
+        tensors: dict,
+        inference_outputs: dict,
+        generative_outputs: dict,
+        adversary_warmup: float,
+        metrics: dict,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The module's loss before the KL term, and its per-cell reconstruction error.
 

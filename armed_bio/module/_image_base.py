@@ -52,11 +52,15 @@ class ArmedImageModuleBase(ArmedModuleBase):
         if mode not in IMAGE_MODES:
             raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}.")
         if not isinstance(adversary_weight, int | float) or adversary_weight < 0:
-            raise ValueError(
-                f"adversary_weight must be a number >= 0, got {adversary_weight!r}."
-            )
-        super().__init__(n_batch, mode, n_labels, conditional_adversary, adversary_objective,
-                         classification_weight)
+            raise ValueError(f"adversary_weight must be a number >= 0, got {adversary_weight!r}.")
+        super().__init__(
+            n_batch,
+            mode,
+            n_labels,
+            conditional_adversary,
+            adversary_objective,
+            classification_weight,
+        )
         self.augment = bool(augment)
         self.n_channels = n_channels
         self.image_size = tuple(int(s) for s in image_size)
@@ -111,8 +115,14 @@ class ArmedImageModuleBase(ArmedModuleBase):
         z, features = self.encoder(x_in)
         if design is None:
             design = self.design_matrix(batch_index)
-        out = {"z": z, "qzm": z, "qzv": torch.full_like(z, DETERMINISTIC_VAR),
-               "features": features, "x_in": x_in, "design": design}
+        out = {
+            "z": z,
+            "qzm": z,
+            "qzv": torch.full_like(z, DETERMINISTIC_VAR),
+            "features": features,
+            "x_in": x_in,
+            "design": design,
+        }
         if labels is not None:
             out["labels"] = labels
         return out

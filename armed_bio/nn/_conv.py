@@ -61,13 +61,14 @@ class ConvEncoder(nn.Module):
         channels = _check_channels(channels)
         dims = (n_channels, *channels)
         self.convs = nn.ModuleList(
-            [nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(dims[:-1], dims[1:],
-                                                                      strict=True)]
+            [
+                nn.Conv2d(a, b, 3, stride=2, padding=1)
+                for a, b in zip(dims[:-1], dims[1:], strict=True)
+            ]
         )
         self.norms = nn.ModuleList([nn.GroupNorm(_groups(c), c) for c in channels])
         self.films = (
-            nn.ModuleList([FiLM(n_batch, c, prior_sd) for c in channels])
-            if n_batch > 0 else None
+            nn.ModuleList([FiLM(n_batch, c, prior_sd) for c in channels]) if n_batch > 0 else None
         )
         self.sizes = encoder_sizes(image_size, len(channels))
         h, w = self.sizes[-1]
@@ -181,8 +182,11 @@ class ConvClassifier(nn.Module):
         layers: list[nn.Module] = []
         d = n_channels
         for c in _check_channels(channels):
-            layers += [nn.Conv2d(d, c, 3, stride=2, padding=1), nn.GroupNorm(_groups(c), c),
-                       nn.SiLU()]
+            layers += [
+                nn.Conv2d(d, c, 3, stride=2, padding=1),
+                nn.GroupNorm(_groups(c), c),
+                nn.SiLU(),
+            ]
             d = c
         self.features = nn.Sequential(*layers)
         self.out = nn.Linear(d, n_classes)

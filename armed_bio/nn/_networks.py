@@ -126,9 +126,7 @@ class MixedEffectsDecoder(nn.Module):
         self.out = nn.Linear(dims[-1], n_output)
         self.dropout_logits = nn.Linear(dims[-1], n_output) if zero_inflation else None
         if self.has_random_effects:
-            self.films = nn.ModuleList(
-                [FiLM(n_batch, b, hidden_prior_sd) for b in dims[1:]]
-            )
+            self.films = nn.ModuleList([FiLM(n_batch, b, hidden_prior_sd) for b in dims[1:]])
             self.output_scale = RandomEffect(n_batch, n_output, output_prior_sd)
             self.output_offset = RandomEffect(n_batch, n_output, output_prior_sd)
 

@@ -7,5 +7,12 @@ from ._metrics import metrics
 from ._random_effects import random_effects
 from ._training import training
 
-__all__ = ["counterfactuals", "embeddings", "gene_layout", "image_counterfactuals", "metrics",
-           "random_effects", "training"]
+__all__ = [
+    "counterfactuals",
+    "embeddings",
+    "gene_layout",
+    "image_counterfactuals",
+    "metrics",
+    "random_effects",
+    "training",
+]

@@ -110,18 +110,22 @@ def counterfactuals(
     batch_key = model.registry_["setup_args"].get("batch_key")
     vmax = max(float(p.to_numpy().max()) for p in profiles.values())
     fig, axes = plt.subplots(
-        len(positions), 1, squeeze=False,
+        len(positions),
+        1,
+        squeeze=False,
         figsize=(max(6.0, 0.28 * len(genes) + 3), (0.32 * len(rows) + 1.1) * len(positions)),
     )
     image = None
     for i, pos in enumerate(positions):
         ax = axes[i, 0]
         values = np.stack([profiles[r].to_numpy()[i] for r in rows])
-        image = ax.imshow(values, aspect="auto", cmap="magma", vmin=0, vmax=vmax,
-                          interpolation="nearest")
+        image = ax.imshow(
+            values, aspect="auto", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest"
+        )
         own = str(adata.obs[batch_key].iloc[pos]) if batch_key in adata.obs else None
-        ax.set_yticks(range(len(rows)), [f"{r}  \u25c0" if r == own else r for r in rows],
-                      fontsize=8)
+        ax.set_yticks(
+            range(len(rows)), [f"{r}  \u25c0" if r == own else r for r in rows], fontsize=8
+        )
         ax.axhline(1.5, color="white", lw=1.5)
         ax.set_title(_cell_title(adata, model, pos), fontsize=9, loc="left")
         if i == len(positions) - 1:
@@ -144,7 +148,7 @@ def gene_layout(
     show: bool = False,
     save: str | Path | None = None,
 ) -> Figure:
-    """"The same cell in every batch" as images: each gene a pixel, correlated genes adjacent.
+    """Show "the same cell in every batch" as images: each gene a pixel, correlated genes adjacent.
 
     Genes are placed on a grid by :func:`armed_bio.tl.gene_grid` (correlation -> 2-D MDS ->
     linear assignment to grid slots), so gene programmes show up as patches. One row per
@@ -185,7 +189,9 @@ def gene_layout(
     rows, cols = max(rows, int(grid["row"].max()) + 1), max(cols, int(grid["col"].max()) + 1)
     conditions = list(profiles)
     fig, axes = plt.subplots(
-        len(positions), len(conditions), squeeze=False,
+        len(positions),
+        len(conditions),
+        squeeze=False,
         figsize=(1.9 * len(conditions) + 1.0, 2.0 * len(positions) + 0.4),
     )
     fe = {i: profiles[FE_ROW].to_numpy()[i] for i in range(len(positions))}
@@ -201,12 +207,10 @@ def gene_layout(
             canvas[grid["row"].to_numpy(), grid["col"].to_numpy()] = values
             ax = axes[i, j]
             if relative:
-                image = ax.imshow(canvas, cmap="RdBu_r", vmin=-2, vmax=2,
-                                  interpolation="nearest")
+                image = ax.imshow(canvas, cmap="RdBu_r", vmin=-2, vmax=2, interpolation="nearest")
             else:
                 vmax = max(float(p.to_numpy()[i].max()) for p in profiles.values())
-                image = ax.imshow(canvas, cmap="magma", vmin=0, vmax=vmax,
-                                  interpolation="nearest")
+                image = ax.imshow(canvas, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:

@@ -14,8 +14,11 @@ from matplotlib.figure import Figure
 from .._validation import check_anndata, check_obs_keys, check_obsm_keys
 from ._utils import category_colors, finish
 
-_TITLES = {"X_pca": "uncorrected (PCA)", "X_armed_fe": "ARMED fixed effects",
-           "X_armed_re": "ARMED random effects"}
+_TITLES = {
+    "X_pca": "uncorrected (PCA)",
+    "X_armed_fe": "ARMED fixed effects",
+    "X_armed_re": "ARMED random effects",
+}
 
 
 def umap_of(adata: AnnData, obsm_key: str, seed: int = 0) -> np.ndarray:
@@ -61,7 +64,9 @@ def embeddings(
     obsm_keys = check_obsm_keys(adata, obsm_keys)
     check_obs_keys(adata, color, what="color keys")
     fig, axes = plt.subplots(
-        len(color), len(obsm_keys), figsize=(4.2 * len(obsm_keys), 3.8 * len(color)),
+        len(color),
+        len(obsm_keys),
+        figsize=(4.2 * len(obsm_keys), 3.8 * len(color)),
         squeeze=False,
     )
     for j, key in enumerate(obsm_keys):
@@ -72,8 +77,9 @@ def embeddings(
             colors = category_colors(len(cats.cat.categories))
             for k, cat in enumerate(cats.cat.categories):
                 mask = (cats == cat).to_numpy()
-                ax.scatter(xy[mask, 0], xy[mask, 1], s=4, color=colors[k],
-                           label=str(cat), rasterized=True)
+                ax.scatter(
+                    xy[mask, 0], xy[mask, 1], s=4, color=colors[k], label=str(cat), rasterized=True
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -81,6 +87,11 @@ def embeddings(
             if j == 0:
                 ax.set_ylabel(col)
             if j == len(obsm_keys) - 1:
-                ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7,
-                          markerscale=2.5, frameon=False)
+                ax.legend(
+                    loc="center left",
+                    bbox_to_anchor=(1.0, 0.5),
+                    fontsize=7,
+                    markerscale=2.5,
+                    frameon=False,
+                )
     return finish(fig, show, save)

@@ -69,27 +69,32 @@ def image_counterfactuals(
     n_channels = model.image_shape[0]
     channels = list(range(min(3, n_channels))) if channels is None else list(channels)
     if not 1 <= len(channels) <= 3 or any(not 0 <= c < n_channels for c in channels):
-        raise ValueError(
-            f"channels must be 1 to 3 indices in 0..{n_channels - 1}, got {channels}."
-        )
+        raise ValueError(f"channels must be 1 to 3 indices in 0..{n_channels - 1}, got {channels}.")
     key = model.registry_["setup_args"]["image_key"]
     batch_key = model.registry_["setup_args"]["batch_key"]
     observed = np.asarray(adata.obsm[key][positions], dtype=np.float32)
     plates = list(model.batch_categories_)
     with quiet_routes():
-        renders = [model.get_counterfactual_images(adata, batch=p, indices=positions)
-                   for p in plates]
+        renders = [
+            model.get_counterfactual_images(adata, batch=p, indices=positions) for p in plates
+        ]
         renders.append(model.get_counterfactual_images(adata, batch=None, indices=positions))
     picked = observed[:, channels]
     lo = np.percentile(picked, 0.5, axis=(0, 2, 3))
     hi = np.maximum(np.percentile(picked, 99.5, axis=(0, 2, 3)), lo + 1e-6)
-    columns = [to_rgb(observed, channels, lo, hi)] + [to_rgb(r, channels, lo, hi)
-                                                       for r in renders]
+    columns = [to_rgb(observed, channels, lo, hi)] + [to_rgb(r, channels, lo, hi) for r in renders]
     titles = ["observed"] + [f"as {p}" for p in plates] + ["batch-free (FE)"]
-    own = (adata.obs[batch_key].to_numpy()[positions] if batch_key in adata.obs
-           else np.full(len(positions), None))
-    fig, axes = plt.subplots(len(positions), len(columns),
-                             figsize=(1.6 * len(columns), 1.7 * len(positions)), squeeze=False)
+    own = (
+        adata.obs[batch_key].to_numpy()[positions]
+        if batch_key in adata.obs
+        else np.full(len(positions), None)
+    )
+    fig, axes = plt.subplots(
+        len(positions),
+        len(columns),
+        figsize=(1.6 * len(columns), 1.7 * len(positions)),
+        squeeze=False,
+    )
     for i in range(len(positions)):
         for j, col in enumerate(columns):
             ax = axes[i, j]
@@ -103,6 +108,5 @@ def image_counterfactuals(
                     spine.set_edgecolor("red")
                     spine.set_linewidth(2)
         axes[i, 0].set_ylabel(f"{adata.obs_names[positions[i]][:18]}\n({own[i]})", fontsize=6)
-    fig.suptitle("Counterfactual images (red frame: the plate the cell was imaged on)",
-                 fontsize=8)
+    fig.suptitle("Counterfactual images (red frame: the plate the cell was imaged on)", fontsize=8)
     return finish(fig, show, save)

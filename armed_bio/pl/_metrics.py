@@ -69,21 +69,30 @@ def metrics(
     goodness = (ranks - 1.0) / max(len(wide) - 1, 1)
     flip = np.array([c in lower_is_better for c in wide.columns])
     goodness[:, flip] = 1.0 - goodness[:, flip]
-    fig, ax = plt.subplots(
-        figsize=(1.0 * wide.shape[1] + 2.5, 0.5 * wide.shape[0] + 1.8)
-    )
+    fig, ax = plt.subplots(figsize=(1.0 * wide.shape[1] + 2.5, 0.5 * wide.shape[0] + 1.8))
     ax.imshow(goodness, cmap="Blues", vmin=-0.15, vmax=1.15, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
-        ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
-                color="white" if goodness[i, j] > 0.6 else "black")
+        ax.text(
+            j,
+            i,
+            f"{v:.3g}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if goodness[i, j] > 0.6 else "black",
+        )
     labels = [f"{c} \u2193" if c in lower_is_better else str(c) for c in wide.columns]
     ax.set_xticks(range(wide.shape[1]), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(wide.shape[0]), wide.index, fontsize=8)
     if types is not None:
         for j, t in enumerate(types):
             if t == "Aggregate score":
-                ax.add_patch(plt.Rectangle((j - 0.5, -0.5), 1, wide.shape[0], fill=False,
-                                           lw=1.5, ec="black"))
-    ax.set_title("Scores per embedding (colour: rank within each metric, dark = best; "
-                 "\u2193 lower is better)", fontsize=9)
+                ax.add_patch(
+                    plt.Rectangle((j - 0.5, -0.5), 1, wide.shape[0], fill=False, lw=1.5, ec="black")
+                )
+    ax.set_title(
+        "Scores per embedding (colour: rank within each metric, dark = best; "
+        "\u2193 lower is better)",
+        fontsize=9,
+    )
     return finish(fig, show, save)

@@ -48,7 +48,9 @@ def random_effects(
     top = list(model.get_gene_batch_variance().index[:n_genes])
     offsets = table[(table["layer"] == model.module.output_offset_layer) & table["unit"].isin(top)]
     fig, (ax_l, ax_r) = plt.subplots(
-        1, 2, figsize=(12, max(3.5, 0.25 * max(len(layers) * 1.3, n_genes) + 1.5)),
+        1,
+        2,
+        figsize=(12, max(3.5, 0.25 * max(len(layers) * 1.3, n_genes) + 1.5)),
         gridspec_kw={"width_ratios": [1.1, 1.0]},
     )
     width = 0.8 / len(batches)
@@ -56,8 +58,15 @@ def random_effects(
     for k, batch in enumerate(batches):
         vals = [rms.get((layer, batch), np.nan) for layer in layers]
         sds = [mean_sd.get((layer, batch), np.nan) for layer in layers]
-        ax_l.barh(y + (k - (len(batches) - 1) / 2) * width, vals, height=width, xerr=sds,
-                  color=colors[k], label=str(batch), error_kw={"lw": 0.8, "capsize": 1.5})
+        ax_l.barh(
+            y + (k - (len(batches) - 1) / 2) * width,
+            vals,
+            height=width,
+            xerr=sds,
+            color=colors[k],
+            label=str(batch),
+            error_kw={"lw": 0.8, "capsize": 1.5},
+        )
     ax_l.set_yticks(y, layers, fontsize=8)
     ax_l.invert_yaxis()
     ax_l.set_xlabel("RMS posterior mean (whisker: mean posterior s.d.)")
@@ -68,8 +77,16 @@ def random_effects(
     for k, batch in enumerate(batches):
         sub = offsets[offsets["batch"] == batch].set_index("unit").reindex(top)
         jitter = (k - (len(batches) - 1) / 2) * 0.6 / len(batches)
-        ax_r.errorbar(sub["mean"].to_numpy(), yg + jitter, xerr=sub["sd"].to_numpy(), fmt="o",
-                      ms=3.5, color=colors[k], lw=0.8, label=str(batch))
+        ax_r.errorbar(
+            sub["mean"].to_numpy(),
+            yg + jitter,
+            xerr=sub["sd"].to_numpy(),
+            fmt="o",
+            ms=3.5,
+            color=colors[k],
+            lw=0.8,
+            label=str(batch),
+        )
     ax_r.axvline(0, color="0.5", lw=0.8)
     ax_r.set_yticks(yg, top, fontsize=8)
     ax_r.invert_yaxis()

@@ -12,14 +12,30 @@ from ._utils import finish
 
 PANELS = (
     ("loss", ["train_loss", "validation_loss"]),
-    ("reconstruction", ["reconstruction_loss_train", "reconstruction_loss_validation",
-                        "reconstruction_loss_fe_train", "reconstruction_loss_fe_validation"]),
+    (
+        "reconstruction",
+        [
+            "reconstruction_loss_train",
+            "reconstruction_loss_validation",
+            "reconstruction_loss_fe_train",
+            "reconstruction_loss_fe_validation",
+        ],
+    ),
     ("KL", ["kl_local_train", "kl_local_validation", "kl_global_train"]),
-    ("accuracy", ["adversary_accuracy_train", "adversary_accuracy_validation",
-                  "re_batch_accuracy_train", "z_predictor_accuracy_train",
-                  "z_predictor_accuracy_validation", "label_accuracy_fe_train",
-                  "label_accuracy_fe_validation", "label_accuracy_me_train",
-                  "label_accuracy_me_validation"]),
+    (
+        "accuracy",
+        [
+            "adversary_accuracy_train",
+            "adversary_accuracy_validation",
+            "re_batch_accuracy_train",
+            "z_predictor_accuracy_train",
+            "z_predictor_accuracy_validation",
+            "label_accuracy_fe_train",
+            "label_accuracy_fe_validation",
+            "label_accuracy_me_train",
+            "label_accuracy_me_validation",
+        ],
+    ),
 )
 
 
@@ -48,9 +64,13 @@ def training(model, show: bool = False, save: str | Path | None = None) -> Figur
     for ax, (title, keys) in zip(axes[0], panels, strict=True):
         for key in keys:
             series = pd.Series(history[key].iloc[:, 0]).astype(float)
-            ax.plot(series.index, series.to_numpy(), lw=1.3,
-                    ls="--" if "validation" in key else "-",
-                    label=key.replace("_train", "").replace("_validation", " (val)"))
+            ax.plot(
+                series.index,
+                series.to_numpy(),
+                lw=1.3,
+                ls="--" if "validation" in key else "-",
+                label=key.replace("_train", "").replace("_validation", " (val)"),
+            )
         if title == "accuracy":
             n_batch = model.module.n_batch
             ax.axhline(1.0 / n_batch, color="black", ls=":", lw=1.2, label=f"chance 1/{n_batch}")

@@ -22,8 +22,16 @@ from tqdm.auto import tqdm
 
 from .._validation import check_anndata, check_images
 
-MORPHOLOGY = ("area", "perimeter", "eccentricity", "solidity", "extent",
-              "major_axis_length", "minor_axis_length", "orientation")
+MORPHOLOGY = (
+    "area",
+    "perimeter",
+    "eccentricity",
+    "solidity",
+    "extent",
+    "major_axis_length",
+    "minor_axis_length",
+    "orientation",
+)
 
 
 def segment_nuclei(
@@ -64,8 +72,9 @@ def segment_nuclei(
     mask = keep[blobs]
     blobs = measure.label(mask)
     distance = ndi.distance_transform_edt(mask)
-    peaks = feature.peak_local_max(distance, min_distance=min_distance, labels=blobs,
-                                   exclude_border=False)
+    peaks = feature.peak_local_max(
+        distance, min_distance=min_distance, labels=blobs, exclude_border=False
+    )
     markers = np.zeros(plane.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     # Blobs without a peak (flat plateaus) still get one marker each, at their centroid.
@@ -180,18 +189,25 @@ def crop_objects(
             "batch is required: give the batch (plate, imaging day) of each field, e.g. "
             "batch=['plate1', 'plate1', 'plate2'], or one value for all fields."
         )
-    batches = list(batch) if isinstance(batch, list | tuple | np.ndarray | pd.Series) else (
-        [batch] * len(fields))
+    batches = (
+        list(batch)
+        if isinstance(batch, list | tuple | np.ndarray | pd.Series)
+        else ([batch] * len(fields))
+    )
     if len(batches) != len(fields):
         raise ValueError(f"batch has {len(batches)} values for {len(fields)} fields.")
     if pd.isna(pd.Series(batches, dtype=object)).any():
         raise ValueError("batch has missing values; every field needs a batch.")
     if not isinstance(crop_size, int | np.integer) or crop_size < 4:
         raise ValueError(f"crop_size must be an integer >= 4, got {crop_size!r}.")
-    names = list(field_names) if field_names is not None else [
-        Path(f).name if isinstance(f, str | os.PathLike) else f"field_{i}"
-        for i, f in enumerate(fields)
-    ]
+    names = (
+        list(field_names)
+        if field_names is not None
+        else [
+            Path(f).name if isinstance(f, str | os.PathLike) else f"field_{i}"
+            for i, f in enumerate(fields)
+        ]
+    )
     if len(names) != len(fields):
         raise ValueError(f"field_names has {len(names)} names for {len(fields)} fields.")
     for f, name in zip(fields, names, strict=True):  # fail before any work on a missing file
@@ -201,8 +217,9 @@ def crop_objects(
     crops, rows, feats, dtypes = [], [], [], []
     n_channels = None
     half = crop_size // 2
-    for f, name, b in tqdm(list(zip(fields, names, batches, strict=True)), desc="fields",
-                           disable=not progress_bar):
+    for f, name, b in tqdm(
+        list(zip(fields, names, batches, strict=True)), desc="fields", disable=not progress_bar
+    ):
         field = read_field(f) if isinstance(f, str | os.PathLike) else f
         frames = _as_frames(_check_field(field, name), name)
         dtypes.append(frames.dtype)
@@ -217,7 +234,8 @@ def crop_objects(
         for t, frame in enumerate(frames):
             labels = segment_nuclei(frame, channel, **segment_kwargs)
             props = measure.regionprops_table(
-                labels, intensity_image=np.moveaxis(frame, 0, -1),
+                labels,
+                intensity_image=np.moveaxis(frame, 0, -1),
                 properties=("label", "centroid", *MORPHOLOGY, "intensity_mean"),
             )
             padded = np.pad(frame, ((0, 0), (half, half + 1), (half, half + 1)))
@@ -225,29 +243,47 @@ def crop_objects(
             for i, lab in enumerate(props["label"]):
                 cy, cx = props["centroid-0"][i], props["centroid-1"][i]
                 y0, x0 = int(round(cy)) - half, int(round(cx)) - half
-                crops.append(padded[:, y0 + half:y0 + half + crop_size,
-                                    x0 + half:x0 + half + crop_size])
-                rows.append({
-                    "field": name, "batch": b, "frame": t, "object": int(lab),
-                    "centroid_y": float(cy), "centroid_x": float(cx),
-                    "touches_border": bool(y0 < 0 or x0 < 0 or y0 + crop_size > h
-                                           or x0 + crop_size > w),
-                })
-                feats.append([props[m][i] for m in MORPHOLOGY] + [
-                    props[f"intensity_mean-{c}"][i] for c in range(n_channels)])
+                crops.append(
+                    padded[:, y0 + half : y0 + half + crop_size, x0 + half : x0 + half + crop_size]
+                )
+                rows.append(
+                    {
+                        "field": name,
+                        "batch": b,
+                        "frame": t,
+                        "object": int(lab),
+                        "centroid_y": float(cy),
+                        "centroid_x": float(cx),
+                        "touches_border": bool(
+                            y0 < 0 or x0 < 0 or y0 + crop_size > h or x0 + crop_size > w
+                        ),
+                    }
+                )
+                feats.append(
+                    [props[m][i] for m in MORPHOLOGY]
+                    + [props[f"intensity_mean-{c}"][i] for c in range(n_channels)]
+                )
     columns = list(MORPHOLOGY) + [f"intensity_mean_ch{c}" for c in range(n_channels)]
-    obs = pd.DataFrame(rows, columns=["field", "batch", "frame", "object", "centroid_y",
-                                      "centroid_x", "touches_border"])
+    obs = pd.DataFrame(
+        rows,
+        columns=["field", "batch", "frame", "object", "centroid_y", "centroid_x", "touches_border"],
+    )
     obs.index = [f"{r['field']}:t{r['frame']}:{r['object']}" for r in rows]
     for col in ("field", "batch"):
         obs[col] = obs[col].astype(str).astype("category")
     x = np.asarray(feats, dtype=np.float32).reshape(len(rows), len(columns))
     adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=columns))
     dtype = np.result_type(*dtypes)  # fields of different dtypes: the one that holds them all
-    adata.obsm[image_key] = (np.stack(crops).astype(dtype, copy=False) if crops else
-                             np.zeros((0, n_channels, crop_size, crop_size), dtype=dtype))
-    adata.uns["crop_objects"] = {"crop_size": int(crop_size), "channel": int(channel),
-                                 "n_fields": len(fields)}
+    adata.obsm[image_key] = (
+        np.stack(crops).astype(dtype, copy=False)
+        if crops
+        else np.zeros((0, n_channels, crop_size, crop_size), dtype=dtype)
+    )
+    adata.uns["crop_objects"] = {
+        "crop_size": int(crop_size),
+        "channel": int(channel),
+        "n_fields": len(fields),
+    }
     return adata
 
 

@@ -108,7 +108,11 @@ def gene_grid(
     gene_idx, slot = linear_sum_assignment(cost)
     order = np.argsort(gene_idx)
     return pd.DataFrame(
-        {"row": slot_r[slot[order]], "col": slot_c[slot[order]],
-         "x": coords[:, 0], "y": coords[:, 1]},
+        {
+            "row": slot_r[slot[order]],
+            "col": slot_c[slot[order]],
+            "x": coords[:, 0],
+            "y": coords[:, 1],
+        },
         index=pd.Index(names[positions], name="gene"),
     )

@@ -139,9 +139,7 @@ def fit_new_batches(
     device = next(module.parameters()).device
     # A generator of its own: the loader must not draw from the global RNG, which the
     # random effects' posterior samples use.
-    loader = torch.utils.data.DataLoader(
-        minibatches, batch_size=None, generator=torch.Generator()
-    )
+    loader = torch.utils.data.DataLoader(minibatches, batch_size=None, generator=torch.Generator())
     trainer = pl.Trainer(
         max_epochs=max_epochs,
         accelerator="gpu" if device.type == "cuda" else "cpu",

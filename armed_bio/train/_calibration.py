@@ -29,7 +29,5 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
         raise ValueError("Temperature scaling needs at least one held-out cell.")
     logits = logits.detach().float()
     targets = targets.view(-1).long()
-    nll = [
-        F.cross_entropy(logits / 10.0**t, targets).item() for t in _LOG10_GRID
-    ]
+    nll = [F.cross_entropy(logits / 10.0**t, targets).item() for t in _LOG10_GRID]
     return float(10.0 ** _LOG10_GRID[int(np.argmin(nll))])

@@ -84,8 +84,11 @@ class ArmedTrainingPlan(TrainingPlan):
         return min(1.0, self.armed_step / self.n_steps_adversary_warmup)
 
     def _loss_kwargs(self) -> dict:
-        return {**self.loss_kwargs, "kl_weight": self.kl_weight,
-                "adversary_warmup": self.adversary_warmup}
+        return {
+            **self.loss_kwargs,
+            "kl_weight": self.kl_weight,
+            "adversary_warmup": self.adversary_warmup,
+        }
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
         optimizers = self.optimizers()
@@ -110,15 +113,17 @@ class ArmedTrainingPlan(TrainingPlan):
         self.armed_step += 1
 
         n_obs = loss_output.n_obs_minibatch
-        self._accumulate("train", {"train_loss": loss_output.loss, "kl_weight": self.kl_weight},
-                         n_obs)
+        self._accumulate(
+            "train", {"train_loss": loss_output.loss, "kl_weight": self.kl_weight}, n_obs
+        )
         self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
         return loss_output.loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         _, _, loss_output = self.module(batch, loss_kwargs=self._loss_kwargs())
-        self._accumulate("validation", {"validation_loss": loss_output.loss},
-                         loss_output.n_obs_minibatch)
+        self._accumulate(
+            "validation", {"validation_loss": loss_output.loss}, loss_output.n_obs_minibatch
+        )
         self.compute_and_log_metrics(loss_output, self.val_metrics, "validation")
 
     def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
@@ -159,12 +164,19 @@ class ArmedTrainingPlan(TrainingPlan):
         if f"reconstruction_loss_{mode}" in means:
             n_total = self.n_obs_training if mode == "train" else self.n_obs_validation
             means[f"elbo_{mode}"] = (
-                means[f"reconstruction_loss_{mode}"] + means[f"kl_local_{mode}"]
+                means[f"reconstruction_loss_{mode}"]
+                + means[f"kl_local_{mode}"]
                 + means[f"kl_global_{mode}"] / max(1, n_total or 1)
             )
         for key, mean in means.items():
-            self.log(key, mean, on_step=False, on_epoch=True, prog_bar=key == "train_loss",
-                     sync_dist=self.use_sync_dist)
+            self.log(
+                key,
+                mean,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=key == "train_loss",
+                sync_dist=self.use_sync_dist,
+            )
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_means("train")
@@ -183,7 +195,8 @@ class ArmedTrainingPlan(TrainingPlan):
         if self.module.has_adversary:
             adversary = {id(p) for p in self.module.adversary.parameters()}
         random_effects = {
-            id(p) for entry in self.module.random_effect_layers().values()
+            id(p)
+            for entry in self.module.random_effect_layers().values()
             for p in entry.layer.parameters()
         }
         trainable = [
@@ -199,18 +212,25 @@ class ArmedTrainingPlan(TrainingPlan):
         if re_params:
             opt_main.add_param_group({"params": re_params, "lr": self.random_effects_lr})
         optimizers = [opt_main]
-        adv_params = [] if not adversary else [
-            p for p in self.module.adversary.parameters() if p.requires_grad
-        ]
+        adv_params = (
+            []
+            if not adversary
+            else [p for p in self.module.adversary.parameters() if p.requires_grad]
+        )
         if adv_params:
             optimizers.append(
-                torch.optim.Adam(adv_params, lr=self.adversary_lr, eps=self.eps,
-                                 weight_decay=self.weight_decay)
+                torch.optim.Adam(
+                    adv_params, lr=self.adversary_lr, eps=self.eps, weight_decay=self.weight_decay
+                )
             )
         if self.reduce_lr_on_plateau:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt_main, patience=self.lr_patience, factor=self.lr_factor,
-                threshold=self.lr_threshold, min_lr=self.lr_min, threshold_mode="abs",
+                opt_main,
+                patience=self.lr_patience,
+                factor=self.lr_factor,
+                threshold=self.lr_threshold,
+                min_lr=self.lr_min,
+                threshold_mode="abs",
             )
             return optimizers, [scheduler]
         return optimizers
