@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU torch first, pinned through a constraints file, so pip never pulls the CUDA build.
 PIP := PIP_CONSTRAINT=constraints.txt $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-fast lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,12 +20,23 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/armed-bio demo --out demo_output --threads 1
 
-test: setup
-	$(VENV)/bin/ruff check armed_bio tests benchmarks data tutorials
+LINTED := armed_bio tests benchmarks data tutorials docs
+
+# Everything: lint, format check and the whole suite (real-data tests included).
+test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The edit loop: unit tests only (no real data, no end-to-end runs), about a minute.
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
 lint: setup
-	$(VENV)/bin/ruff check armed_bio tests benchmarks data tutorials
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+format: setup
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 clean:
 	rm -rf $(VENV) demo_output

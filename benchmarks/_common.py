@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -13,7 +14,10 @@ import numpy as np
 import scanpy as sc
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The shared real data: $ARMED_BIO_DATA, or ../shared/data beside the checkout.
+SHARED = Path(
+    os.environ.get("ARMED_BIO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = {
     "kang_pbmc_5donors": "kang_pbmc_5donors.h5ad",

@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import anndata as ad
+import pytest
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
 
 
+@pytest.mark.slow
 def test_microscopy_tutorial_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, str(TUTORIALS / "microscopy.py"), "--out", str(tmp_path), "--epochs", "3"],

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
+from conftest import assert_unchanged, snapshot
 from scipy import sparse
 
 import armed_bio as ab
 from armed_bio.model import ArmedRNA
-
-
-def snapshot(adata):
-    x = adata.X.toarray() if sparse.issparse(adata.X) else np.array(adata.X, copy=True)
-    return {
-        "obs": adata.obs.copy(),
-        "uns": sorted(adata.uns.keys()),
-        "obsm": sorted(adata.obsm.keys()),
-        "layers": sorted(adata.layers.keys()),
-        "X": x,
-    }
-
-
-def assert_unchanged(adata, before):
-    after = snapshot(adata)
-    pd.testing.assert_frame_equal(after["obs"], before["obs"])
-    assert after["uns"] == before["uns"]
-    assert after["obsm"] == before["obsm"]
-    assert after["layers"] == before["layers"]
-    np.testing.assert_array_equal(after["X"], before["X"])
 
 
 def _with_x(adata, fn):

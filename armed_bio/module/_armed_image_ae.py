@@ -45,8 +45,10 @@ class ArmedImageModule(ArmedImageModuleBase):
         ``lambda_F``, weight of the batch-free reconstruction.
     hidden_prior_sd, output_prior_sd
         Prior s.d. of the FiLM and of the per-channel output random effects.
-    n_labels, classification_weight
-        Phenotype head (``n_labels > 0``) and the weight of its cross-entropy.
+    n_labels
+        Number of phenotype labels; ``> 0`` adds a phenotype head on ``z_FE``.
+    classification_weight
+        Weight of the phenotype head's cross-entropy.
     augment
         Random flips and 90-degree rotations of the training crops.
     conditional_adversary

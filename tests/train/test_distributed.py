@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 SCRIPT = textwrap.dedent(
     """
@@ -37,6 +38,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_train_in_sync(tmp_path):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)

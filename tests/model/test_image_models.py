@@ -11,63 +11,27 @@ import torch
 from conftest import FAST
 
 import armed_bio as ab
-from armed_bio.model import ArmedImage, ArmedImageClassifier
+from armed_bio.model import ArmedImageClassifier
 from armed_bio.module import adversary_penalty
 
 
-def _crops_with_truth(seed: int = 0, n_fields: int = 6, n_batches: int = 3):
-    fields, batches, truth = ab.datasets.simulate_fields(
-        n_fields=n_fields, n_batches=n_batches, n_nuclei=14, size=(96, 96), seed=seed
-    )
-    adata = ab.pp.crop_objects(fields, batch=batches, crop_size=20, progress_bar=False)
-    # Each crop's phenotype: the true nucleus nearest to its centre in the same field.
-    phen = []
-    for _, row in adata.obs.iterrows():
-        t = truth[truth["field"] == row["field"]]
-        d = np.hypot(t["y"] - row["centroid_y"], t["x"] - row["centroid_x"])
-        phen.append(t["phenotype"].to_numpy()[int(np.argmin(d))])
-    adata.obs["phenotype"] = pd.Categorical(phen)
-    return adata
-
-
-@pytest.fixture(scope="module")
-def crops():
-    return _crops_with_truth()
-
-
-@pytest.fixture(scope="module")
-def classifier(crops):
-    adata = crops.copy()
-    ArmedImageClassifier.setup_anndata(adata, batch_key="batch", labels_key="phenotype")
-    model = ArmedImageClassifier(adata, channels=(8, 16), n_latent=8, seed=0)
-    model.train(max_epochs=15, batch_size=32, seed=0, **FAST)
-    return model
-
-
-@pytest.fixture(scope="module")
-def autoencoder(crops):
-    adata = crops.copy()
-    ArmedImage.setup_anndata(adata, batch_key="batch")
-    model = ArmedImage(adata, channels=(8, 16), re_channels=(8,), n_latent=8, seed=0)
-    model.train(max_epochs=6, batch_size=32, seed=0, **FAST)
-    return model
-
-
-def test_classifier_learns_and_predicts_in_category_order(classifier, crops):
-    proba = classifier.predict(crops, head="me", soft=True)
+def test_classifier_learns_and_predicts_in_category_order(image_classifier, crops):
+    proba = image_classifier.predict(crops, head="me", soft=True)
     assert list(proba.columns) == list(crops.obs["phenotype"].cat.categories)
     np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
     for kind in ("fe", "me"):
-        acc = (classifier.predict(crops, head=kind) == crops.obs["phenotype"].to_numpy()).mean()
+        acc = (
+            image_classifier.predict(crops, head=kind) == crops.obs["phenotype"].to_numpy()
+        ).mean()
         assert acc > 0.8, kind  # small vs large nuclei: easy once trained
     # Random slopes and intercepts were trained (the reference ME-CNN never updated them).
-    assert classifier.module.label_head.intercept.loc.abs().sum() > 0
-    assert classifier.module.label_head.slopes.loc.abs().sum() > 0
+    assert image_classifier.module.label_head.intercept.loc.abs().sum() > 0
+    assert image_classifier.module.label_head.slopes.loc.abs().sum() > 0
 
 
-def test_classifier_embedding_to_obsm_and_seed_reproducible(classifier, crops):
+def test_classifier_embedding_to_obsm_and_seed_reproducible(image_classifier, crops):
     adata = crops.copy()
-    classifier.write_to_adata(adata)
+    image_classifier.write_to_adata(adata)
     assert adata.obsm["X_armed_fe"].shape == (adata.n_obs, 8)
     assert adata.uns["armed"]["image_shape"] == [2, 20, 20]
     again = crops.copy()
@@ -76,27 +40,27 @@ def test_classifier_embedding_to_obsm_and_seed_reproducible(classifier, crops):
     twin.train(max_epochs=15, batch_size=32, seed=0, **FAST)
     np.testing.assert_allclose(
         twin.get_latent_representation(crops),
-        classifier.get_latent_representation(crops),
+        image_classifier.get_latent_representation(crops),
         atol=1e-5,
     )
 
 
-def test_unseen_plate_takes_the_z_predictor_route(classifier, crops, caplog):
+def test_unseen_plate_takes_the_z_predictor_route(image_classifier, crops, caplog):
     query = crops.copy()
     query.obs["batch"] = "plate_never_seen"
     with caplog.at_level(logging.INFO, logger="armed_bio"):
-        proba = classifier.predict(query, head="me", soft=True)
+        proba = image_classifier.predict(query, head="me", soft=True)
     assert "unseen batches ['plate_never_seen']" in caplog.text
     assert np.isfinite(proba.to_numpy()).all()
-    classifier.entropy_threshold = 0.0  # every unseen crop on Z = 0: ME equals FE
+    image_classifier.entropy_threshold = 0.0  # every unseen crop on Z = 0: ME equals FE
     try:
         np.testing.assert_allclose(
-            classifier.predict(query, head="me", soft=True),
-            classifier.predict(query, head="fe", soft=True),
+            image_classifier.predict(query, head="me", soft=True),
+            image_classifier.predict(query, head="fe", soft=True),
             atol=1e-6,
         )
     finally:
-        classifier.entropy_threshold = 0.5
+        image_classifier.entropy_threshold = 0.5
 
 
 def test_plain_cnn_has_no_adversary_and_no_random_effects(crops):
@@ -110,50 +74,51 @@ def test_plain_cnn_has_no_adversary_and_no_random_effects(crops):
         plain.predict(adata, head="me")
 
 
-def test_classifier_save_load_roundtrip(classifier, crops, tmp_path):
-    classifier.save(tmp_path / "m", save_anndata=True)
+def test_classifier_save_load_roundtrip(image_classifier, crops, tmp_path):
+    image_classifier.save(tmp_path / "m", save_anndata=True)
     loaded = ArmedImageClassifier.load(tmp_path / "m")
     np.testing.assert_allclose(
         loaded.predict(crops, head="me", soft=True),
-        classifier.predict(crops, head="me", soft=True),
+        image_classifier.predict(crops, head="me", soft=True),
         atol=1e-6,
     )
-    assert float(loaded.module.z_temperature) == float(classifier.module.z_temperature)
-    np.testing.assert_allclose(loaded.module.image_std, classifier.module.image_std)
+    assert float(loaded.module.z_temperature) == float(image_classifier.module.z_temperature)
+    np.testing.assert_allclose(loaded.module.image_std, image_classifier.module.image_std)
 
 
-def test_autoencoder_latents_and_counterfactual_images(autoencoder, crops):
-    fe = autoencoder.get_latent_representation(crops, kind="fe")
-    re = autoencoder.get_latent_representation(crops, kind="re")
+def test_autoencoder_latents_and_counterfactual_images(image_autoencoder, crops):
+    fe = image_autoencoder.get_latent_representation(crops, kind="fe")
+    re = image_autoencoder.get_latent_representation(crops, kind="re")
     assert fe.shape == (crops.n_obs, 8)
     assert re.shape == (crops.n_obs, 8)
     cells = [0, 1, 2]
-    plates = autoencoder.batch_categories_
+    plates = image_autoencoder.batch_categories_
     as_plate = {
-        p: autoencoder.get_counterfactual_images(crops, batch=p, indices=cells) for p in plates
+        p: image_autoencoder.get_counterfactual_images(crops, batch=p, indices=cells)
+        for p in plates
     }
-    free = autoencoder.get_counterfactual_images(crops, batch=None, indices=cells)
+    free = image_autoencoder.get_counterfactual_images(crops, batch=None, indices=cells)
     assert free.shape == (3, 2, 20, 20)
     assert free.dtype == np.float32
     # Plates have different illumination/contrast: their renderings differ from each other.
     assert np.abs(as_plate[plates[0]] - as_plate[plates[1]]).mean() > 0.1
-    own = autoencoder.get_counterfactual_images(crops, indices=cells, observed=True)
+    own = image_autoencoder.get_counterfactual_images(crops, indices=cells, observed=True)
     code = [plates.index(b) for b in crops.obs["batch"].iloc[cells]]
     for i, c in enumerate(code):
         np.testing.assert_allclose(own[i], as_plate[plates[c]][i], atol=1e-4)
     with pytest.raises(ValueError, match="not a batch the model knows"):
-        autoencoder.get_counterfactual_images(crops, batch="no_such_plate")
+        image_autoencoder.get_counterfactual_images(crops, batch="no_such_plate")
 
 
-def test_image_counterfactual_figure(autoencoder, crops, tmp_path):
+def test_image_counterfactual_figure(image_autoencoder, crops, tmp_path):
     fig = ab.pl.image_counterfactuals(
-        autoencoder, crops, cells=[0, 5], show=False, save=tmp_path / "cf.png"
+        image_autoencoder, crops, cells=[0, 5], show=False, save=tmp_path / "cf.png"
     )
     # observed + one column per plate + batch-free, for each of 2 cells
-    assert len(fig.axes) == 2 * (1 + len(autoencoder.batch_categories_) + 1)
+    assert len(fig.axes) == 2 * (1 + len(image_autoencoder.batch_categories_) + 1)
     assert (tmp_path / "cf.png").stat().st_size > 5000
     with pytest.raises(ValueError, match="channels must be"):
-        ab.pl.image_counterfactuals(autoencoder, crops, cells=[0], channels=[5], show=False)
+        ab.pl.image_counterfactuals(image_autoencoder, crops, cells=[0], channels=[5], show=False)
 
 
 def test_adversary_penalty_signs():
@@ -167,8 +132,8 @@ def test_adversary_penalty_signs():
     assert float(confident) > 0
 
 
-def test_label_conditional_adversary(classifier, crops):
-    module = classifier.module
+def test_label_conditional_adversary(image_classifier, crops):
+    module = image_classifier.module
     assert module.conditional_adversary  # labels given: on by default
     table = pd.crosstab(crops.obs["phenotype"], crops.obs["batch"], normalize="index")
     np.testing.assert_allclose(module.batch_given_label.numpy(), table.to_numpy(), atol=1e-6)

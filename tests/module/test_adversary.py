@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import FAST
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import silhouette_score
@@ -35,6 +36,7 @@ def _train(**kwargs):
     return adata, model
 
 
+@pytest.mark.slow
 def test_default_adversary_reduces_batch_structure():
     """Same architecture with and without the adversary (lambda_g = 0)."""
     adata, armed = _train()
@@ -46,6 +48,7 @@ def test_default_adversary_reduces_batch_structure():
     assert knn_batch_accuracy(armed.get_latent_representation(kind="re"), batches) > 0.95
 
 
+@pytest.mark.slow
 def test_strong_setting_removes_batch_versus_random_mode():
     """Confusion objective + detached FE reconstruction against scMEDAL-RE (mode="random")."""
     adata, mixed = _train(adversary_objective="confusion", detach_fe_reconstruction=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, assert_unchanged, snapshot
 
 import armed_bio as ab
 from armed_bio.model import ArmedRNA
@@ -27,27 +27,6 @@ def split():
     model = ArmedRNA(ref, seed=0)
     model.train(max_epochs=40, **FAST)
     return adata, model, query
-
-
-def _snapshot(adata):
-    return (
-        adata.obs.copy(),
-        adata.var.copy(),
-        adata.X.copy(),
-        set(adata.uns),
-        set(adata.obsm),
-        set(adata.layers),
-    )
-
-
-def _assert_unchanged(adata, snap):
-    obs, var, x, uns, obsm, layers = snap
-    pd.testing.assert_frame_equal(adata.obs, obs)
-    pd.testing.assert_frame_equal(adata.var, var)
-    assert (adata.X != x).nnz == 0
-    assert set(adata.uns) == uns
-    assert set(adata.obsm) == obsm
-    assert set(adata.layers) == layers
 
 
 def test_fit_temperature_softens_overconfident_logits():
@@ -141,9 +120,9 @@ def test_query_labels_with_unseen_categories_are_not_read(split):
     _, model, query = split
     odd = query.copy()
     odd.obs["cell_type"] = "a label the model never saw"
-    snap = _snapshot(odd)
+    snap = snapshot(odd)
     np.testing.assert_array_equal(model.predict(odd), model.predict(query))
-    _assert_unchanged(odd, snap)
+    assert_unchanged(odd, snap)
 
 
 def test_predict_errors(split, sim):

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, assert_unchanged, snapshot
 
 import armed_bio as ab
 from armed_bio.model import ArmedRNA
@@ -114,10 +114,6 @@ def test_unseen_query_batch_routes_are_logged(model, caplog):
     assert model.get_normalized_expression(missing).shape == (20, 50)
 
 
-def _snapshot(adata):
-    return adata.obs.copy(), adata.var.copy(), adata.X.copy(), set(adata.layers), set(adata.uns)
-
-
 @pytest.mark.parametrize(
     ("make_query", "error", "match"),
     [
@@ -128,7 +124,7 @@ def _snapshot(adata):
 )
 def test_query_genes_must_match(model, make_query, error, match):
     query = make_query(model.adata[:30].copy())
-    snap = _snapshot(query)
+    snap = snapshot(query)
     for call in (
         lambda: model.get_latent_representation(query),
         lambda: model.get_counterfactual_expression(query, batch=None),
@@ -137,12 +133,7 @@ def test_query_genes_must_match(model, make_query, error, match):
     ):
         with pytest.raises(error, match=match):
             call()
-    obs, var, x, layers, uns = snap
-    pd.testing.assert_frame_equal(query.obs, obs)
-    pd.testing.assert_frame_equal(query.var, var)
-    assert (query.X != x).nnz == 0
-    assert set(query.layers) == layers
-    assert set(query.uns) == uns
+    assert_unchanged(query, snap)
 
 
 def _with_extra_gene(adata):
@@ -161,7 +152,7 @@ def _with_extra_gene(adata):
 
 def test_bad_batch_indices_genes_and_library(model):
     adata = model.adata
-    snap = _snapshot(adata)
+    snap = snapshot(adata)
     with pytest.raises(ValueError, match="not a batch the model knows"):
         model.get_counterfactual_expression(batch="batch_9")
     with pytest.raises(IndexError, match="outside 0..499"):
@@ -183,11 +174,7 @@ def test_bad_batch_indices_genes_and_library(model):
     nan_query.X[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or infinite"):
         model.get_latent_representation(nan_query)
-    obs, var, x, layers, uns = snap
-    pd.testing.assert_frame_equal(adata.obs, obs)
-    assert (adata.X != x).nnz == 0
-    assert set(adata.layers) == layers
-    assert set(adata.uns) == uns
+    assert_unchanged(adata, snap)
     mask = np.zeros(adata.n_obs, dtype=bool)
     mask[[3, 7]] = True
     np.testing.assert_array_equal(
