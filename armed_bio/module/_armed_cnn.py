@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from scvi.module.base import auto_move_data
 
 from ..nn import ConvEncoder, MixedEffectsClassifier
 from ._image_base import ArmedImageModuleBase
@@ -92,17 +91,6 @@ class ArmedCNNModule(ArmedImageModuleBase):
         )
         if self.has_adversary:
             self._add_adversary(sum(channels) + n_latent)
-
-    @auto_move_data
-    def inference(
-        self,
-        x: torch.Tensor,
-        batch_index: torch.Tensor,
-        design: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> dict:
-        """``z_FE``, the backbone's feature maps and the design of images ``x``."""
-        return self._encode(x, batch_index, design, labels)
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         return {}

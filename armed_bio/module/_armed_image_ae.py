@@ -114,20 +114,6 @@ class ArmedImageModule(ArmedImageModuleBase):
         if self.has_adversary:
             self._add_adversary(sum(channels) + n_latent)
 
-    @auto_move_data
-    def inference(
-        self,
-        x: torch.Tensor,
-        batch_index: torch.Tensor,
-        design: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> dict:
-        """``z_FE``, its feature maps and the design of images ``x`` (and ``z_RE``)."""
-        out = self._encode(x, batch_index, design, labels)
-        if self.has_random_encoder:
-            out["z_re"] = self.re_encoder(out["x_in"], out["design"])[0]
-        return out
-
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:
         return {"z": inference_outputs["z"], "design": inference_outputs["design"]}
 

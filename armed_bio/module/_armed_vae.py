@@ -17,7 +17,7 @@ from ..nn import (
     RandomEffectsEncoder,
 )
 from ..nn._likelihoods import log_factorial, nb_count_terms, nb_mean_terms, poisson_mean_terms
-from ._base import DETERMINISTIC_VAR, ArmedModuleBase, accuracy
+from ._base import ArmedModuleBase, accuracy
 
 
 class ArmedVAEModule(ArmedModuleBase):
@@ -198,12 +198,6 @@ class ArmedVAEModule(ArmedModuleBase):
         return eta if self.likelihood == "gaussian" else torch.softmax(eta, dim=-1)
 
     # ------------------------------------------------------------------ inference
-    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        out = {"x": tensors["X"], "batch_index": tensors["batch"]}
-        if self.conditional_adversary:
-            out["labels"] = tensors["labels"]
-        return out
-
     @auto_move_data
     def inference(
         self,
@@ -220,22 +214,10 @@ class ArmedVAEModule(ArmedModuleBase):
         """
         x_in, library = self._normalise(x)
         z, hidden = self.encoder(x_in)
-        if design is None:
-            design = self.design_matrix(batch_index)
-        out = {
-            "z": z,
-            "qzm": z,
-            "qzv": torch.full_like(z, DETERMINISTIC_VAR),
-            "hidden": hidden,
-            "x_in": x_in,
-            "library": library,
-            "design": design,
-        }
-        if labels is not None:
-            out["labels"] = labels
+        out = self._encoded(z, x_in, design, batch_index, labels, hidden=hidden, library=library)
         if self.has_random_encoder:
             # Detached: the RE path learns batch structure without pulling it into the FE trunk.
-            out["z_re"] = self.re_encoder(hidden[0].detach(), design)
+            out["z_re"] = self.re_encoder(hidden[0].detach(), out["design"])
         return out
 
     # ------------------------------------------------------------------ generative

@@ -125,6 +125,8 @@ class ArmedModuleBase(BaseModuleClass):
     output_offset_layer = "decoder.output_offset"
     #: What the decoder's output units are.
     output_units: UnitKind = "gene"
+    #: Registry key of the data in a minibatch.
+    data_key = "X"
 
     def __init__(
         self,
@@ -199,6 +201,41 @@ class ArmedModuleBase(BaseModuleClass):
             if isinstance(module, RandomEffect):
                 module.add_batches(init_design.to(module.loc) @ module.loc)
         self.n_batch += init_design.shape[0]
+
+    # ------------------------------------------------------------------ inference plumbing
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
+        out = {"x": tensors[self.data_key], "batch_index": tensors["batch"]}
+        if self.conditional_adversary:
+            out["labels"] = tensors["labels"]
+        return out
+
+    def _encoded(
+        self,
+        z: torch.Tensor,
+        x_in: torch.Tensor,
+        design: torch.Tensor | None,
+        batch_index: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        **extra: torch.Tensor,
+    ) -> dict:
+        """The inference outputs every module returns, plus its own ``extra`` ones.
+
+        ``design`` defaults to the one-hot membership of ``batch_index``; ``labels`` only pass
+        through, for the label-conditional adversary.
+        """
+        if design is None:
+            design = self.design_matrix(batch_index)
+        out = {
+            "z": z,
+            "qzm": z,
+            "qzv": torch.full_like(z, DETERMINISTIC_VAR),
+            "x_in": x_in,
+            "design": design,
+            **extra,
+        }
+        if labels is not None:
+            out["labels"] = labels
+        return out
 
     # ------------------------------------------------------------------ public interface
     def encode_fe(self, x: torch.Tensor) -> torch.Tensor:

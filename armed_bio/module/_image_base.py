@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from scvi.module.base import auto_move_data
 
 from ..nn import ConvClassifier, pooled_features
-from ._base import DETERMINISTIC_VAR, ArmedModuleBase
+from ._base import ArmedModuleBase
 
 IMAGE_MODES: tuple[str, ...] = ("mixed", "fixed")
 
@@ -34,6 +35,7 @@ class ArmedImageModuleBase(ArmedModuleBase):
     """
 
     output_units = "channel"
+    data_key = "image"
 
     def __init__(
         self,
@@ -85,25 +87,20 @@ class ArmedImageModuleBase(ArmedModuleBase):
         """Back from standardised units to the stored image scale."""
         return y * self.image_std[:, None, None] + self.image_mean[:, None, None]
 
-    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        out = {"x": tensors["image"], "batch_index": tensors["batch"]}
-        if self.conditional_adversary:
-            out["labels"] = tensors["labels"]
-        return out
-
     def adversary_input(self, inference_outputs: dict) -> torch.Tensor:
         """Pooled feature maps of every backbone block and ``z_FE`` (and the label)."""
         h = pooled_features(inference_outputs["features"], inference_outputs["z"])
         return self.with_label(h, inference_outputs)
 
-    def _encode(
+    @auto_move_data
+    def inference(
         self,
         x: torch.Tensor,
         batch_index: torch.Tensor | None,
-        design: torch.Tensor | None,
+        design: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``z_FE`` and the backbone's feature maps of standardised ``x``; the design ``Z``.
+        """Encode images ``x``: ``z_FE``, feature maps, design ``Z`` (and ``z_RE``).
 
         In training, with ``augment``, each crop is randomly flipped and (when square) rotated
         by a multiple of 90 degrees first: a cell has no preferred orientation. The
@@ -113,16 +110,7 @@ class ArmedImageModuleBase(ArmedModuleBase):
             x = random_dihedral(x)
         x_in, _ = self._normalise(x)
         z, features = self.encoder(x_in)
-        if design is None:
-            design = self.design_matrix(batch_index)
-        out = {
-            "z": z,
-            "qzm": z,
-            "qzv": torch.full_like(z, DETERMINISTIC_VAR),
-            "features": features,
-            "x_in": x_in,
-            "design": design,
-        }
-        if labels is not None:
-            out["labels"] = labels
+        out = self._encoded(z, x_in, design, batch_index, labels, features=features)
+        if self.has_random_encoder:
+            out["z_re"] = self.re_encoder(x_in, out["design"])[0]
         return out
