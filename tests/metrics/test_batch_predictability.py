@@ -24,7 +24,7 @@ def embedded():
         X=np.ones((n, 1), dtype=np.float32),
         obs=pd.DataFrame(
             {"batch": batch.astype(str), "label": label}, index=[f"c{i}" for i in range(n)]
-        )
+        ),
     )
     adata.obsm["X_mixed"] = noise
     adata.obsm["X_batch"] = noise + 3.0 * np.eye(4)[batch]
