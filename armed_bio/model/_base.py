@@ -169,7 +169,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         For the label-conditional adversary; saved with the weights. No-op without labels.
         """
         module = self.module
-        if not getattr(module, "conditional_adversary", False):
+        if not module.conditional_adversary:
             return
         batch = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY))
         label = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY))
@@ -524,7 +524,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     def _check_kind(self, kind: str) -> None:
         if kind not in ("fe", "re"):
             raise ValueError(f"kind must be 'fe' or 're', got {kind!r}.")
-        if kind == "re" and not getattr(self.module, "has_random_encoder", False):
+        if kind == "re" and not self.module.has_random_encoder:
             raise ValueError(
                 f"This {type(self).__name__} (mode={self.module.mode!r}) has no random-effects "
                 "encoder, so there is no RE latent. Use kind='fe'."
@@ -543,7 +543,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         adata = self.adata if adata is None else adata
         adata.obsm[fe_key] = self.get_latent_representation(adata, kind="fe")
         obsm_keys = {"fe": fe_key}
-        if getattr(self.module, "has_random_encoder", False):
+        if self.module.has_random_encoder:
             adata.obsm[re_key] = self.get_latent_representation(adata, kind="re")
             obsm_keys["re"] = re_key
         adata.uns[UNS_KEY] = self._uns_record(obsm_keys)

@@ -120,8 +120,6 @@ class ArmedImageModelBase(ArmedModelBase):
                 f"trained on {self.image_shape}. Crop or resize the query to the training size "
                 "(e.g. `armed_bio.pp.crop_objects(..., crop_size=...)`) with the same channels."
             )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         return iter_chunks(adata.obsm[key], positions, batch_size)
 
     def _saved_names(self) -> list[str]:
