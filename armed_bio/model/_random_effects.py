@@ -18,7 +18,7 @@ def random_effects_table(
     """
     frames = []
     for name, (layer, units) in module.random_effect_layers().items():
-        mean = layer.loc.detach().cpu().numpy()
+        mean = layer.mean.detach().cpu().numpy()
         sd = layer.scale.detach().cpu().numpy()
         if units in ("gene", "channel"):
             unit_names = np.asarray(outputs, dtype=object)
@@ -51,8 +51,8 @@ def gene_batch_variance(module, batches: Sequence, genes: Sequence[str]) -> pd.D
     over genes), so ``offset_variance`` ranks genes by how much batches shift them.
     """
     layers = module.random_effect_layers()
-    offset = layers[module.output_offset_layer].layer.loc.detach().cpu().numpy()
-    scale = layers[module.output_scale_layer].layer.loc.detach().cpu().numpy()
+    offset = layers[module.output_offset_layer].layer.mean.detach().cpu().numpy()
+    scale = layers[module.output_scale_layer].layer.mean.detach().cpu().numpy()
     batches = np.asarray(batches, dtype=object)[: offset.shape[0]]
     table = pd.DataFrame(
         {

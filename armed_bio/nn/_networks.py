@@ -21,7 +21,10 @@ def _dense_block(n_in: int, n_out: int, dropout_rate: float) -> nn.ModuleDict:
 
 
 class FixedEffectsEncoder(nn.Module):
-    """Deterministic encoder ``x -> z_FE`` that also returns its hidden activations.
+    """Encoder ``x -> z_FE`` that also returns its hidden activations.
+
+    Deterministic, or with ``variational`` a Gaussian ``q(z_FE | x)`` whose mean is what
+    :meth:`forward` returns and whose log-variance :meth:`log_variance` gives.
 
     Parameters
     ----------
@@ -35,6 +38,8 @@ class FixedEffectsEncoder(nn.Module):
         Number of hidden layers.
     dropout_rate
         Dropout after each hidden layer.
+    variational
+        Also learn a per-cell posterior variance of ``z_FE``.
     """
 
     def __init__(
@@ -44,6 +49,7 @@ class FixedEffectsEncoder(nn.Module):
         n_hidden: int = 128,
         n_layers: int = 1,
         dropout_rate: float = 0.1,
+        variational: bool = False,
     ):
         super().__init__()
         dims = [n_input] + [n_hidden] * n_layers
@@ -51,8 +57,10 @@ class FixedEffectsEncoder(nn.Module):
             [_dense_block(a, b, dropout_rate) for a, b in zip(dims[:-1], dims[1:], strict=True)]
         )
         self.out = nn.Linear(dims[-1], n_latent)
+        self.log_var = nn.Linear(dims[-1], n_latent) if variational else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The mean of ``z_FE`` and every hidden layer's activations."""
         hidden = []
         h = x
         for block in self.blocks:
@@ -60,6 +68,11 @@ class FixedEffectsEncoder(nn.Module):
             hidden.append(h)
             h = block["dropout"](h)
         return self.out(h), hidden
+
+    def log_variance(self, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """Posterior log-variance of ``z_FE`` from :meth:`forward`'s hidden activations."""
+        # Bounded: a collapsing or exploding variance would make the KL term non-finite.
+        return self.log_var(hidden[-1]).clamp(-12.0, 8.0)
 
 
 class RandomEffectsEncoder(nn.Module):
@@ -101,8 +114,9 @@ class MixedEffectsDecoder(nn.Module):
 
     Hidden layers: ``relu((1 + gamma(Z)) * norm(W h) + beta(Z))``. Output: per-gene linear
     predictor ``eta`` with a random per-gene scale and offset, ``eta * (1 + s(Z)) + o(Z)``.
-    ``Z = 0`` gives the fixed-effects (batch-free) output. With ``n_batch = 0`` the decoder
-    has no random effects at all (scMEDAL-FE).
+    ``Z = 0`` gives the fixed-effects (batch-free) output; with ``centred`` random effects it
+    is the average seen batch. With ``n_batch = 0`` the decoder has no random effects at all
+    (scMEDAL-FE).
     """
 
     def __init__(
@@ -116,6 +130,7 @@ class MixedEffectsDecoder(nn.Module):
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
         zero_inflation: bool = False,
+        centred: bool = False,
     ):
         super().__init__()
         self.has_random_effects = n_batch > 0
@@ -126,9 +141,11 @@ class MixedEffectsDecoder(nn.Module):
         self.out = nn.Linear(dims[-1], n_output)
         self.dropout_logits = nn.Linear(dims[-1], n_output) if zero_inflation else None
         if self.has_random_effects:
-            self.films = nn.ModuleList([FiLM(n_batch, b, hidden_prior_sd) for b in dims[1:]])
-            self.output_scale = RandomEffect(n_batch, n_output, output_prior_sd)
-            self.output_offset = RandomEffect(n_batch, n_output, output_prior_sd)
+            self.films = nn.ModuleList(
+                [FiLM(n_batch, b, hidden_prior_sd, centred) for b in dims[1:]]
+            )
+            self.output_scale = RandomEffect(n_batch, n_output, output_prior_sd, centred)
+            self.output_offset = RandomEffect(n_batch, n_output, output_prior_sd, centred)
 
     def forward(
         self, z: torch.Tensor, design: torch.Tensor | None
@@ -146,9 +163,13 @@ class MixedEffectsDecoder(nn.Module):
             h = block["dropout"](torch.relu(h))
         eta = self.out(h)
         if use_re:
-            eta = eta * (1.0 + self.output_scale(design)) + self.output_offset(design)
+            eta = self.output_effects(eta, design)
         dropout = self.dropout_logits(h) if self.dropout_logits is not None else None
         return eta, dropout
+
+    def output_effects(self, eta: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
+        """The per-output random scale and offset of ``design`` applied to ``eta``."""
+        return eta * (1.0 + self.output_scale(design)) + self.output_offset(design)
 
     def kl_divergence(self) -> torch.Tensor:
         if not self.has_random_effects:
@@ -190,14 +211,15 @@ class MixedEffectsClassifier(nn.Module):
         n_batch: int,
         n_hidden: int = 64,
         prior_sd: float = 0.25,
+        centred: bool = False,
     ):
         super().__init__()
         self.hidden = nn.Linear(n_latent, n_hidden)
         self.out = nn.Linear(n_hidden, n_labels)
         self.has_random_effects = n_batch > 0
         if self.has_random_effects:
-            self.slopes = RandomEffect(n_batch, n_hidden, prior_sd)
-            self.intercept = RandomEffect(n_batch, n_labels, prior_sd)
+            self.slopes = RandomEffect(n_batch, n_hidden, prior_sd, centred)
+            self.intercept = RandomEffect(n_batch, n_labels, prior_sd, centred)
 
     def forward(
         self, z: torch.Tensor, design: torch.Tensor | None

@@ -35,15 +35,25 @@ class RandomEffect(nn.Module):
         Size of each batch's effect vector.
     prior_sd
         Standard deviation ``s`` of the zero-mean Gaussian prior; the amount of shrinkage.
+    centred
+        Identify the effects: subtract their mean over the ``n_batch`` batches the layer is
+        built with (the batches seen in training) before use. The effects then sum to zero
+        over those batches, so ``Z = 0`` is the average batch by construction, not wherever
+        the prior's shrinkage leaves it. Batches added later (:meth:`add_batches`) are
+        measured from the same centre.
     """
 
-    def __init__(self, n_batch: int, n_features: int, prior_sd: float = 0.25):
+    def __init__(
+        self, n_batch: int, n_features: int, prior_sd: float = 0.25, centred: bool = False
+    ):
         super().__init__()
         if prior_sd <= 0:
             raise ValueError(f"prior_sd must be positive, got {prior_sd}.")
         self.n_batch = n_batch
         self.n_features = n_features
         self.prior_sd = float(prior_sd)
+        # Rows whose mean is the centre (0: not centred); fixed when batches are added.
+        self.n_centred = n_batch if centred else 0
         self.loc = nn.Parameter(torch.zeros(n_batch, n_features))
         init = _inverse_softplus(_INIT_SD_FRACTION * prior_sd)
         self.raw_scale = nn.Parameter(torch.full((n_batch, n_features), init))
@@ -53,11 +63,22 @@ class RandomEffect(nn.Module):
         """Posterior standard deviations, shape ``(n_batch, n_features)``."""
         return F.softplus(self.raw_scale) + 1e-6
 
+    def _centre(self, u: torch.Tensor) -> torch.Tensor:
+        return u - u[: self.n_centred].mean(0) if self.n_centred else u
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Posterior means of the effects as applied (centred when the layer is), per batch."""
+        return self._centre(self.loc)
+
     def sample(self) -> torch.Tensor:
-        """One reparameterised draw of ``U`` in training, the posterior mean in eval mode."""
+        """One reparameterised draw of ``U`` in training, the posterior mean in eval mode.
+
+        Centred when the layer is.
+        """
         if self.training:
-            return self.loc + self.scale * torch.randn_like(self.loc)
-        return self.loc
+            return self._centre(self.loc + self.scale * torch.randn_like(self.loc))
+        return self.mean
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Return ``Z @ U`` for a design matrix ``z`` of shape ``(batch, n_batch)``."""
@@ -65,12 +86,15 @@ class RandomEffect(nn.Module):
 
     @torch.no_grad()
     def add_batches(self, init_loc: torch.Tensor) -> None:
-        """Append batches whose posterior means start at ``init_loc`` (``(n_new, n_features)``).
+        """Append batches whose effects start at ``init_loc`` (``(n_new, n_features)``).
 
-        Their posterior s.d. starts at the usual small value. Used to give new batches their
-        own random effects (:meth:`armed_bio.model.ArmedRNA.adapt`).
+        ``init_loc`` is the effect as applied (:attr:`mean`; for a centred layer, measured from
+        the seen batches' centre). Their posterior s.d. starts at the usual small value. Used
+        to give new batches their own random effects (:meth:`armed_bio.model.ArmedRNA.adapt`).
         """
         init_loc = init_loc.to(self.loc)
+        if self.n_centred:
+            init_loc = init_loc + self.loc[: self.n_centred].mean(0).detach()
         raw = torch.full_like(init_loc, _inverse_softplus(_INIT_SD_FRACTION * self.prior_sd))
         self.loc = nn.Parameter(torch.cat([self.loc.detach(), init_loc]))
         self.raw_scale = nn.Parameter(torch.cat([self.raw_scale.detach(), raw]))
@@ -91,10 +115,12 @@ class FiLM(nn.Module):
     hidden unit, as in the random-effects encoder and decoder of ARMED/scMEDAL.
     """
 
-    def __init__(self, n_batch: int, n_features: int, prior_sd: float = 0.25):
+    def __init__(
+        self, n_batch: int, n_features: int, prior_sd: float = 0.25, centred: bool = False
+    ):
         super().__init__()
-        self.gamma = RandomEffect(n_batch, n_features, prior_sd)
-        self.beta = RandomEffect(n_batch, n_features, prior_sd)
+        self.gamma = RandomEffect(n_batch, n_features, prior_sd, centred)
+        self.beta = RandomEffect(n_batch, n_features, prior_sd, centred)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Modulate ``h`` of shape ``(batch, features)`` or ``(batch, channels, H, W)``."""

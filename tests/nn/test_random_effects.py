@@ -98,3 +98,32 @@ def test_mixed_effects_classifier_equals_fe_head_with_zero_z():
     assert fe_only.kl_divergence() == 0
     a, b = fe_only(z, None)
     assert a is b
+
+
+def test_centred_effects_sum_to_zero_over_seen_batches():
+    torch.manual_seed(0)
+    layer = RandomEffect(n_batch=4, n_features=6, prior_sd=0.3, centred=True)
+    with torch.no_grad():
+        layer.loc.normal_(1.0, 0.5)  # far from centred on purpose
+    applied = layer.eval()(torch.eye(4))
+    torch.testing.assert_close(applied, layer.loc - layer.loc.mean(0))
+    torch.testing.assert_close(applied.sum(0), torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.mean, applied)
+    # Training draws are centred too; Z = 0 stays off.
+    draws = layer.train()(torch.eye(4))
+    torch.testing.assert_close(draws.sum(0), torch.zeros(6), atol=1e-5, rtol=0)
+    assert torch.count_nonzero(layer(torch.zeros(2, 4))) == 0
+
+
+def test_centred_layer_keeps_its_centre_when_batches_are_added():
+    torch.manual_seed(0)
+    layer = RandomEffect(n_batch=3, n_features=5, centred=True).eval()
+    with torch.no_grad():
+        layer.loc.normal_(2.0, 1.0)
+    seen = layer(torch.eye(3)).clone()
+    start = 0.5 * seen[0] + 0.5 * seen[1]
+    layer.add_batches(start[None])
+    grown = layer(torch.eye(4))
+    torch.testing.assert_close(grown[:3], seen)  # the seen batches' effects do not move
+    torch.testing.assert_close(grown[3], start)  # the new batch starts where it was asked to
+    assert layer.n_centred == 3
