@@ -60,6 +60,12 @@ class ArmedVAEModule(ArmedModuleBase):
         That term asks ``z_FE`` to reconstruct counts *with* their batch effects, against the
         adversary, so it trades batch correction for a better-trained batch-free decode (the
         published code weighs it 1.0; see ``benchmarks/results/rna_integration.md``).
+    fe_reconstruction_effects
+        What the FE-only reconstruction adds to the ``Z = 0`` decode before it is compared
+        with the counts. ``"none"``: nothing (the first release). ``"output"``: the cell's
+        batch's per-gene output scale and offset, but not the hidden FiLM effects. Then
+        ``z_FE`` is no longer paid to carry per-gene batch effects, while one shared nonlinear
+        decoder still anchors which cells align across batches.
     detach_fe_reconstruction
         Let the FE-only reconstruction train the decoder but not the encoder (removes very
         strong, uniform batch effects more completely; loses cell-type structure on real
@@ -78,6 +84,20 @@ class ArmedVAEModule(ArmedModuleBase):
         With labels, the adversary is told each cell's label and must find the batch beyond
         it: ``z_FE`` is made independent of the batch *given* the label, so a cell type
         missing from some batches is not erased with the batch.
+    adversary_clusters
+        Without labels (or with ``conditional_adversary=False``), condition the adversary on
+        this many online k-means clusters of ``z_FE`` instead (``0``: a global adversary): the
+        unsupervised form of the label-conditional adversary, which removes the batch within
+        neighbourhoods of the latent rather than the cell-type mix across it.
+    centre_random_effects
+        Make the decoder's and label head's random effects sum to zero over the seen batches,
+        so that the batch-free (``Z = 0``) decode is the average batch by construction rather
+        than something the FE-only reconstruction has to teach.
+    latent_kl_weight
+        Weight of ``KL(q(z_FE | x) || N(0, I))`` per cell (``0``: a deterministic ``z_FE``,
+        the first release). A variational ``z_FE`` pays for every bit it keeps; the batch,
+        which the decoder gets from ``Z`` for free, is the first thing it drops (scVI's
+        mechanism, here next to the adversary). Latents and decodes use the posterior mean.
     """
 
     random_effect_modes = ("mixed", "random")
@@ -98,6 +118,7 @@ class ArmedVAEModule(ArmedModuleBase):
         adversary_scale: float = 0.01,
         adversary_objective: str = "negative_ce",
         fe_reconstruction_weight: float = 0.2,
+        fe_reconstruction_effects: str = "none",
         detach_fe_reconstruction: bool = False,
         re_batch_weight: float = 1.0,
         hidden_prior_sd: float = 0.25,
@@ -105,6 +126,9 @@ class ArmedVAEModule(ArmedModuleBase):
         n_labels: int = 0,
         classification_weight: float = 1.0,
         conditional_adversary: bool = True,
+        adversary_clusters: int = 0,
+        centre_random_effects: bool = False,
+        latent_kl_weight: float = 0.0,
     ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -112,6 +136,11 @@ class ArmedVAEModule(ArmedModuleBase):
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
         if adversary_on not in ("latent", "all"):
             raise ValueError(f"adversary_on must be 'latent' or 'all', got {adversary_on!r}.")
+        if fe_reconstruction_effects not in ("none", "output"):
+            raise ValueError(
+                "fe_reconstruction_effects must be 'none' or 'output', got "
+                f"{fe_reconstruction_effects!r}."
+            )
         if not (adversary_weight == "auto" or isinstance(adversary_weight, int | float)):
             raise ValueError(
                 f"adversary_weight must be 'auto' or a number, got {adversary_weight!r}."
@@ -132,11 +161,17 @@ class ArmedVAEModule(ArmedModuleBase):
         self.adversary_weight = adversary_weight
         self.adversary_scale = adversary_scale
         self.fe_reconstruction_weight = fe_reconstruction_weight
+        self.fe_reconstruction_effects = fe_reconstruction_effects
         self.detach_fe_reconstruction = detach_fe_reconstruction
         self.re_batch_weight = re_batch_weight
+        if latent_kl_weight < 0:
+            raise ValueError(f"latent_kl_weight must be non-negative, got {latent_kl_weight}.")
+        self.latent_kl_weight = float(latent_kl_weight)
 
         # Submodules are built in a fixed order: it sets which random draws initialise which.
-        self.encoder = FixedEffectsEncoder(n_input, n_latent, n_hidden, n_layers, dropout_rate)
+        self.encoder = FixedEffectsEncoder(
+            n_input, n_latent, n_hidden, n_layers, dropout_rate, variational=latent_kl_weight > 0
+        )
         self.decoder = MixedEffectsDecoder(
             n_latent,
             n_input,
@@ -147,10 +182,14 @@ class ArmedVAEModule(ArmedModuleBase):
             hidden_prior_sd=hidden_prior_sd,
             output_prior_sd=output_prior_sd,
             zero_inflation=likelihood == "zinb",
+            centred=centre_random_effects,
         )
         if likelihood in ("nb", "zinb"):
             self.log_theta = nn.Parameter(torch.zeros(n_input))
+        self.centre_random_effects = centre_random_effects
         if self.has_adversary:
+            if adversary_clusters:
+                self._add_adversary_clusters(adversary_clusters, n_latent)
             self._add_adversary(n_latent + (n_hidden * n_layers if adversary_on == "all" else 0))
         if self.has_random_encoder:
             self.re_encoder = RandomEffectsEncoder(
@@ -167,6 +206,7 @@ class ArmedVAEModule(ArmedModuleBase):
                 n_labels,
                 n_batch=n_batch if self.has_random_effects else 0,
                 prior_sd=hidden_prior_sd,
+                centred=centre_random_effects,
             )
         # Running mean of the per-cell reconstruction loss, for adversary_weight="auto".
         self.register_buffer("reconstruction_scale", torch.tensor(float("nan")))
@@ -214,7 +254,15 @@ class ArmedVAEModule(ArmedModuleBase):
         """
         x_in, library = self._normalise(x)
         z, hidden = self.encoder(x_in)
-        out = self._encoded(z, x_in, design, batch_index, labels, hidden=hidden, library=library)
+        extra = {}
+        if self.latent_kl_weight > 0:
+            log_var = self.encoder.log_variance(hidden)
+            extra = {"qzm": z, "qzv": log_var.exp(), "qz_log_var": log_var}
+            if self.training:  # one reparameterised draw; latents and decodes use the mean
+                z = z + torch.exp(0.5 * log_var) * torch.randn_like(z)
+        out = self._encoded(
+            z, x_in, design, batch_index, labels, hidden=hidden, library=library, **extra
+        )
         if self.has_random_encoder:
             # Detached: the RE path learns batch structure without pulling it into the FE trunk.
             out["z_re"] = self.re_encoder(hidden[0].detach(), out["design"])
@@ -266,6 +314,11 @@ class ArmedVAEModule(ArmedModuleBase):
             eta_fe, drop_fe = self.decoder(z_fe, None)
         out["eta_fe"] = eta_fe
         out["px_fe"] = self._distribution(eta_fe, drop_fe, library)
+        if self.fe_reconstruction_effects == "output" and "px" in out:
+            # The target of the FE-only reconstruction: Z = 0 plus the per-gene batch effects.
+            eta_anchor = self.decoder.output_effects(eta_fe, design)
+            out["eta_anchor"] = eta_anchor
+            out["px_anchor"] = self._distribution(eta_anchor, drop_fe, library)
         if "px" not in out:
             out["eta"], out["px"] = out["eta_fe"], out["px_fe"]
         return out
@@ -336,8 +389,13 @@ class ArmedVAEModule(ArmedModuleBase):
         )
         loss = rec.mean()
         if self.mode == "mixed" and self.fe_reconstruction_weight > 0:
+            part = "anchor" if "eta_anchor" in generative_outputs else "fe"
             rec_fe = self._reconstruction(
-                x, generative_outputs["eta_fe"], library, generative_outputs["px_fe"], shared
+                x,
+                generative_outputs[f"eta_{part}"],
+                library,
+                generative_outputs[f"px_{part}"],
+                shared,
             )
             loss = loss + self.fe_reconstruction_weight * rec_fe.mean()
             metrics["reconstruction_loss_fe"] = rec_fe.mean().detach()

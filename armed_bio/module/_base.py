@@ -33,6 +33,9 @@ DETERMINISTIC_VAR = 1e-8
 # Submodules that may hold random effects, in the order their KL terms are added.
 RANDOM_EFFECT_PARTS: tuple[str, ...] = ("decoder", "re_encoder", "label_head")
 
+# Per-step moving-average rate of the adversary's cluster centres and batch mixes.
+CLUSTER_MOMENTUM = 0.05
+
 UnitKind = Literal["gene", "channel", "label", "hidden"]
 
 
@@ -55,6 +58,11 @@ def check_objective(objective: str) -> str:
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Detached fraction of rows whose arg-max is ``target``."""
     return (logits.argmax(-1) == target).float().mean().detach()
+
+
+def latent_kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Per-cell ``KL(N(mean, exp(log_var)) || N(0, I))``, summed over latent dimensions."""
+    return 0.5 * (mean.pow(2) + log_var.exp() - log_var - 1.0).sum(-1)
 
 
 def adversary_penalty(
@@ -151,6 +159,8 @@ class ArmedModuleBase(BaseModuleClass):
         self.register_buffer(
             "batch_given_label", torch.full((max(n_labels, 1), n_batch), 1.0 / n_batch)
         )
+        # Clusters of z_FE the adversary is conditioned on without labels (0: none).
+        self.n_adversary_clusters = 0
 
     # ------------------------------------------------------------------ what the mode has
     @property
@@ -176,6 +186,57 @@ class ArmedModuleBase(BaseModuleClass):
         self.z_predictor = z_predictor
         self.register_buffer("z_temperature", torch.tensor(1.0))
 
+    def _add_adversary_clusters(self, n_clusters: int, n_latent: int) -> None:
+        """Condition the adversary on ``n_clusters`` online k-means clusters of ``z_FE``.
+
+        Without labels, a global adversary removes whatever predicts the batch over the whole
+        latent: mostly the cell-type mix, which is biology, while the batch stays inside each
+        cell type (what kBET and iLISI measure). Told each cell's cluster, the adversary must
+        find the batch *within* clusters, and the ``"confusion"`` objective's prior becomes
+        the cluster's own batch mix. Centres and mixes follow ``z_FE`` during training (an
+        exponential moving average per step) and are saved with the weights.
+        """
+        if n_clusters < 2:
+            raise ValueError(f"adversary_clusters must be 0 or at least 2, got {n_clusters}.")
+        self.n_adversary_clusters = n_clusters
+        self.register_buffer("cluster_centres", torch.zeros(n_clusters, n_latent))
+        self.register_buffer(
+            "batch_given_cluster", torch.full((n_clusters, self.n_batch), 1.0 / self.n_batch)
+        )
+        self.register_buffer("clusters_started", torch.tensor(False))
+
+    @torch.no_grad()
+    def update_clusters(self, z: torch.Tensor, target: torch.Tensor) -> None:
+        """One online k-means step of the adversary's clusters on a minibatch's ``z_FE``.
+
+        The first minibatch seeds the centres with its cells; afterwards each centre moves
+        a fraction :data:`CLUSTER_MOMENTUM` towards the mean of its cells, and its batch mix
+        towards theirs. A centre with no cells in the minibatch stays where it is.
+        """
+        z = z.detach()
+        n = self.n_adversary_clusters
+        if not bool(self.clusters_started):
+            seeds = torch.randperm(z.shape[0], device=z.device)[:n]
+            self.cluster_centres.copy_(z[seeds.repeat(-(-n // max(len(seeds), 1)))[:n]])
+            self.clusters_started.fill_(True)
+        assign = torch.cdist(z, self.cluster_centres).argmin(-1)
+        one_hot = F.one_hot(assign, n).to(z.dtype)
+        counts = one_hot.sum(0)
+        present = (counts > 0).unsqueeze(-1)
+        means = (one_hot.T @ z) / counts.clamp(min=1).unsqueeze(-1)
+        self.cluster_centres.lerp_(
+            torch.where(present, means, self.cluster_centres), CLUSTER_MOMENTUM
+        )
+        mix = one_hot.T @ F.one_hot(target, self.batch_given_cluster.shape[1]).to(z.dtype)
+        mix = mix / counts.clamp(min=1).unsqueeze(-1)
+        self.batch_given_cluster.lerp_(
+            torch.where(present, mix, self.batch_given_cluster), CLUSTER_MOMENTUM
+        )
+
+    def clusters_of(self, z: torch.Tensor) -> torch.Tensor:
+        """The adversary's cluster of each row of ``z_FE`` (nearest centre)."""
+        return torch.cdist(z.detach(), self.cluster_centres).argmin(-1)
+
     def _add_adversary(self, n_features: int) -> None:
         """Add the adversary on ``n_features`` FE activations (and the label, if conditional)."""
         n_in = n_features + self.n_adversary_label_inputs
@@ -199,7 +260,7 @@ class ArmedModuleBase(BaseModuleClass):
         """
         for module in self.modules():
             if isinstance(module, RandomEffect):
-                module.add_batches(init_design.to(module.loc) @ module.loc)
+                module.add_batches(init_design.to(module.loc) @ module.mean)
         self.n_batch += init_design.shape[0]
 
     # ------------------------------------------------------------------ inference plumbing
@@ -288,26 +349,35 @@ class ArmedModuleBase(BaseModuleClass):
     # ------------------------------------------------------------------ adversary
     @property
     def n_adversary_label_inputs(self) -> int:
-        """Extra adversary inputs: the one-hot label when the adversary is conditional."""
-        return self.batch_given_label.shape[0] if self.conditional_adversary else 0
+        """Extra adversary inputs: the one-hot label (or cluster) it is conditioned on."""
+        if self.conditional_adversary:
+            return self.batch_given_label.shape[0]
+        return self.n_adversary_clusters
 
     def adversary_input(self, inference_outputs: dict) -> torch.Tensor:
         """The FE activations the adversary sees."""
         raise NotImplementedError
 
+    def _adversary_condition(self, inference_outputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each cell's label (or cluster) code and the table of ``p(batch | code)``."""
+        if self.conditional_adversary:
+            return inference_outputs["labels"].view(-1).long(), self.batch_given_label
+        return self.clusters_of(inference_outputs["z"]), self.batch_given_cluster
+
     def with_label(self, h: torch.Tensor, inference_outputs: dict) -> torch.Tensor:
-        """``h`` with the one-hot label appended when the adversary is conditional."""
-        if not self.conditional_adversary:
+        """``h`` with the one-hot label (or cluster) appended when the adversary is conditional."""
+        if not self.n_adversary_label_inputs:
             return h
-        labels = inference_outputs["labels"].view(-1).long()
-        one_hot = F.one_hot(labels, self.batch_given_label.shape[0]).to(h.dtype)
+        codes, table = self._adversary_condition(inference_outputs)
+        one_hot = F.one_hot(codes, table.shape[0]).to(h.dtype)
         return torch.cat([h, one_hot], dim=-1)
 
     def adversary_prior(self, inference_outputs: dict) -> torch.Tensor | None:
-        """Per-cell ``p(batch | label)`` for the conditional ``"confusion"`` objective."""
-        if not self.conditional_adversary:
+        """Per-cell ``p(batch | label or cluster)`` for the conditional ``"confusion"``."""
+        if not self.n_adversary_label_inputs:
             return None
-        return self.batch_given_label[inference_outputs["labels"].view(-1).long()]
+        codes, table = self._adversary_condition(inference_outputs)
+        return table[codes]
 
     def adversary_loss(
         self, inference_outputs: dict, batch_index: torch.Tensor
@@ -327,6 +397,8 @@ class ArmedModuleBase(BaseModuleClass):
         """The FE networks' penalty for letting the adversary tell the batch (0 without one)."""
         if not self.has_adversary:
             return torch.zeros((), device=target.device)
+        if self.training and self.n_adversary_clusters and not self.conditional_adversary:
+            self.update_clusters(inference_outputs["z"], target)
         logits = self.adversary(self.adversary_input(inference_outputs))
         weight = self.current_adversary_weight() * warmup
         term, adv_metrics = adversary_penalty(
@@ -394,7 +466,10 @@ class ArmedModuleBase(BaseModuleClass):
 
         The KL is divided by the number of training cells so that, like the reconstruction
         term, the whole loss is an average per cell. A module without a reconstruction
-        reports its loss as every cell's reconstruction error, for scvi's history.
+        reports its loss as every cell's reconstruction error, for scvi's history. A module
+        with a variational latent (``qz_log_var`` in its inference outputs) adds
+        ``kl_weight * latent_kl_weight`` times the mean per-cell KL of ``q(z | x)`` to
+        ``N(0, I)``, reported as ``kl_local``.
         """
         metrics: dict[str, torch.Tensor] = {}
         loss, rec = self.objective(
@@ -404,10 +479,14 @@ class ArmedModuleBase(BaseModuleClass):
         loss = loss + kl_weight * kl / max(n_obs, 1)
         if rec is None:
             rec = loss.detach().expand(tensors["batch"].shape[0])
+        kl_local = torch.zeros_like(rec)
+        if "qz_log_var" in inference_outputs:
+            kl_local = latent_kl(inference_outputs["qzm"], inference_outputs["qz_log_var"])
+            loss = loss + kl_weight * self.latent_kl_weight * kl_local.mean()
         return LossOutput(
             loss=loss,
             reconstruction_loss=rec,
-            kl_local=torch.zeros_like(rec),
+            kl_local=kl_local,
             kl_global=kl,
             extra_metrics={k: v.detach() for k, v in metrics.items()},
         )

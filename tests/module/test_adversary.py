@@ -95,3 +95,64 @@ def test_label_conditional_adversary_in_rna(tmp_path):
     assert unconditional.adversary.net[0].in_features == 10
     ArmedRNA.setup_anndata(adata, batch_key="batch")  # no labels: nothing to condition on
     assert not ArmedRNA(adata, seed=0).module.conditional_adversary
+
+
+def test_cluster_conditional_adversary_tracks_clusters_and_saves_them(tmp_path):
+    """Without labels, adversary_clusters conditions the adversary on k-means clusters of z_FE."""
+    adata = ab.datasets.simulate_counts(n_cells=300, n_genes=60, n_batches=3, seed=2)
+    ArmedRNA.setup_anndata(adata, batch_key="batch")
+    model = ArmedRNA(adata, seed=0, adversary_clusters=4, adversary_objective="confusion")
+    module = model.module
+    assert module.n_adversary_clusters == 4
+    assert module.adversary.net[0].in_features == 10 + 4  # z_FE + one-hot cluster
+    assert not bool(module.clusters_started)
+    model.train(max_epochs=3, seed=0, **FAST)
+    assert bool(module.clusters_started)
+    assert np.isfinite(model.history["adversary_ce_train"].to_numpy(dtype=float)).all()
+    mix = module.batch_given_cluster.numpy()
+    np.testing.assert_allclose(mix.sum(1), 1.0, atol=1e-5)
+    # Each cell's cluster is its nearest centre in z_FE.
+    z = model.get_latent_representation(kind="fe")
+    import torch
+
+    clusters = module.clusters_of(torch.as_tensor(z)).numpy()
+    nearest = ((z[:, None, :] - module.cluster_centres.numpy()[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(clusters, nearest)
+    model.save(tmp_path / "m")
+    loaded = ArmedRNA.load(tmp_path / "m", adata=adata)
+    np.testing.assert_array_equal(loaded.module.cluster_centres.numpy(), module.cluster_centres)
+    np.testing.assert_array_equal(loaded.module.batch_given_cluster.numpy(), mix)
+    with pytest.raises(ValueError, match="adversary_clusters must be 0 or at least 2"):
+        ArmedRNA(adata, seed=0, adversary_clusters=1)
+
+
+def test_variational_latent_pays_kl_and_reports_its_mean():
+    """latent_kl_weight > 0: z_FE sampled in training, its KL in the loss, latents are means."""
+    adata = ab.datasets.simulate_counts(n_cells=300, n_genes=60, n_batches=3, seed=2)
+    ArmedRNA.setup_anndata(adata, batch_key="batch")
+    deterministic = ArmedRNA(adata, seed=0).module
+    assert deterministic.encoder.log_var is None
+    model = ArmedRNA(adata, seed=0, latent_kl_weight=0.5)
+    assert model.module.encoder.log_var is not None
+    model.train(max_epochs=3, seed=0, **FAST)
+    kl = model.history["kl_local_train"].to_numpy(dtype=float)
+    assert np.isfinite(kl).all()
+    assert (kl > 0).all()
+    # Eval mode: the posterior mean, the same on every call.
+    np.testing.assert_array_equal(
+        model.get_latent_representation(), model.get_latent_representation()
+    )
+    with pytest.raises(ValueError, match="latent_kl_weight must be non-negative"):
+        ArmedRNA(adata, seed=0, latent_kl_weight=-1.0)
+
+
+def test_latent_kl_matches_torch():
+    import torch
+    from torch.distributions import Normal, kl_divergence
+
+    from armed_bio.module._base import latent_kl
+
+    torch.manual_seed(0)
+    mean, log_var = torch.randn(7, 4), torch.randn(7, 4)
+    expected = kl_divergence(Normal(mean, (0.5 * log_var).exp()), Normal(0.0, 1.0)).sum(-1)
+    torch.testing.assert_close(latent_kl(mean, log_var), expected)
