@@ -23,11 +23,42 @@ DATASETS = {
     "kang_pbmc_5donors": "kang_pbmc_5donors.h5ad",
     "cellbench_lung5": "cellbench_lung5.h5ad",
 }
+# Semi-synthetic sets: real counts split into simulated batches with known effects
+# (armed_bio.datasets.thin_into_batches); the real donor/protocol column becomes source_batch.
+SEMI_SYNTHETIC = {
+    "kang_thinned": {
+        "source": "kang_pbmc_5donors",
+        "n_batches": 5,
+        "effect_sd": 0.5,
+        "mix_concentration": 2.0,
+        "seed": 0,
+    },
+}
+
+# ArmedRNA's first-release (v1) values of every argument that the core-model v2 work added or
+# changed; "armed_v1" in the benchmarks is ArmedRNA with these.
+V1 = {
+    "fe_reconstruction_weight": 0.2,
+    "fe_reconstruction_effects": "none",
+    "adversary_clusters": 0,
+    "centre_random_effects": False,
+    "latent_kl_weight": 0.0,
+}
 
 
 def load_hvg(name: str, n_top_genes: int = 2000) -> ad.AnnData:
-    """A shared real dataset cut to batch-aware seurat_v3 HVGs (the same for every method)."""
-    adata = ad.read_h5ad(SHARED / DATASETS[name])
+    """A dataset cut to batch-aware seurat_v3 HVGs (the same for every method).
+
+    ``name`` is a shared real dataset or a semi-synthetic one (:data:`SEMI_SYNTHETIC`, built
+    from its source with a fixed seed; the untouched counts stay in ``.layers["truth"]``).
+    """
+    if name in SEMI_SYNTHETIC:
+        from armed_bio.datasets import thin_into_batches
+
+        spec = dict(SEMI_SYNTHETIC[name])
+        adata = thin_into_batches(ad.read_h5ad(SHARED / DATASETS[spec.pop("source")]), **spec)
+    else:
+        adata = ad.read_h5ad(SHARED / DATASETS[name])
     if adata.n_vars > n_top_genes:
         hvg = sc.pp.highly_variable_genes(
             adata, n_top_genes=n_top_genes, flavor="seurat_v3", batch_key="batch", inplace=False

@@ -8,21 +8,32 @@ method) and each seed, embeds the cells with
 - ``scvi``: ``scvi.model.SCVI`` with its defaults (10-d, its own epoch heuristic),
 - ``scanvi``: ``SCANVI.from_scvi_model`` of that scVI with every label given (its defaults),
 - ``armed_fixed``: ``ArmedRNA(mode="fixed")``, the scMEDAL-FE-style adversarial autoencoder,
-- ``armed``: full ``ArmedRNA`` (its FE latent),
+- ``armed_v1``: full ``ArmedRNA`` with the first release's defaults (``_common.V1``),
+- ``armed``: full ``ArmedRNA`` with today's defaults (its FE latent),
 
-then scores every embedding with the scIB suite (``armed_bio.metrics.scib``) and scMEDAL's
-cluster scores (``armed_bio.metrics.cluster_scores``). Variants for tuning are written
+then scores every embedding with the scIB suite (``armed_bio.metrics.scib``), scMEDAL's
+cluster scores (``armed_bio.metrics.cluster_scores``) and the batch-predictability probe
+(``armed_bio.metrics.batch_predictability``: a fresh classifier's balanced accuracy at telling
+the batch, over all cells and within cell types). Variants for tuning are written
 ``armed@adversary_scale=0.03,adversary_objective=confusion`` (model keyword arguments;
 ``max_epochs`` and ``batch_size`` go to ``train``, ``lr`` and ``adversary_lr`` to its
-``plan_kwargs``).
+``plan_kwargs``); ``armed_v1@...`` starts from the v1 defaults.
+
+Datasets: the shared real sets, and ``kang_thinned``, a semi-synthetic set (Kang's real counts
+split into 5 simulated batches with known per-gene effects and a skewed cell-type mix, see
+``_common.SEMI_SYNTHETIC``). On it, each ArmedRNA run also measures effect recovery against
+the truth: the per-gene effect of each batch (its counterfactual minus the batch-free
+decode) against the true one (r and slope), and the batch-free decode's pseudobulks (cell type
+x donor) against those of the untouched counts.
 
 Embeddings are cached in ``benchmarks/.cache/`` (not committed) so that methods and seeds can
 run in parallel processes; scores of each dataset and seed go to
 ``results/rna_integration_runs/``, the summary (mean and s.d. over seeds) to
-``results/rna_integration.{json,md}``.
+``results/rna_integration.{json,md}``. ``score --methods`` scores only those cached embeddings
+(and ``pca``, the PCR reference) and merges them into the runs.
 
     .venv/bin/python benchmarks/rna_integration.py embed [--datasets] [--seeds] [--methods]
-    .venv/bin/python benchmarks/rna_integration.py score [--datasets ...] [--seeds ...]
+    .venv/bin/python benchmarks/rna_integration.py score [--datasets] [--seeds] [--methods]
     .venv/bin/python benchmarks/rna_integration.py report
     .venv/bin/python benchmarks/rna_integration.py all      # the three in turn, every default
 """
@@ -40,7 +51,7 @@ import numpy as np
 import pandas as pd
 import scvi
 import torch
-from _common import DATASETS, RESULTS, load_hvg, machine, write_results
+from _common import DATASETS, RESULTS, SEMI_SYNTHETIC, V1, load_hvg, machine, write_results
 
 import armed_bio as ab
 from armed_bio.model import ArmedRNA
@@ -50,15 +61,18 @@ logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("scvi").setLevel(logging.ERROR)
 CACHE = Path(__file__).resolve().parent / ".cache" / "rna_integration"
 RUNS = RESULTS / "rna_integration_runs"
-METHODS = ["pca", "harmony", "scvi", "scanvi", "armed_fixed", "armed"]
+METHODS = ["pca", "harmony", "scvi", "scanvi", "armed_fixed", "armed_v1", "armed"]
 TOTALS = ("Batch correction", "Bio conservation", "Total")
+# The per-embedding score lists of a run file.
+PARTS = ("scib", "cluster_scores", "batch_predictability")
 LABELS = {
     "pca": "PCA (uncorrected)",
     "harmony": "Harmony",
     "scvi": "scVI",
     "scanvi": "scANVI",
     "armed_fixed": "ArmedRNA fixed (scMEDAL-FE)",
-    "armed": "ArmedRNA (FE latent)",
+    "armed_v1": "ArmedRNA v1 defaults (FE latent)",
+    "armed": "ArmedRNA v2 defaults (FE latent)",
 }
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 
@@ -123,7 +137,9 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
             "X": scanvi.get_latent_representation(),
             "X_scvi": model.get_latent_representation(),
         }, facts
-    if base in ("armed", "armed_fixed"):
+    if base in ("armed", "armed_fixed", "armed_v1"):
+        if base == "armed_v1":
+            kwargs = {**V1, **kwargs}
         mode = "fixed" if base == "armed_fixed" else kwargs.pop("mode", "mixed")
         train_kwargs = {k: kwargs.pop(k) for k in ("max_epochs", "batch_size") if k in kwargs}
         plan_kwargs = {k: kwargs.pop(k) for k in ("lr", "adversary_lr") if k in kwargs}
@@ -141,8 +157,60 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
             "final_adversary_ce": float(model.history["adversary_ce_train"].iloc[-1, 0]),
             "ln_n_batches": float(np.log(a.obs["batch"].nunique())),
         }
+        if "true_batch_effect" in a.varm and mode == "mixed":
+            facts["recovery"] = effect_recovery(model, a)
         return out, facts
     raise ValueError(f"unknown method {spec!r}; choose from {METHODS} (armed ones take @k=v).")
+
+
+def _pseudobulk(values: np.ndarray, groups: pd.Series) -> np.ndarray:
+    """Log of each group's mean expression proportions (rows: groups)."""
+    codes = pd.Categorical(groups).codes
+    sums = np.stack([values[codes == g].mean(0) for g in range(codes.max() + 1)])
+    return np.log(sums / sums.sum(1, keepdims=True) + 1e-8)
+
+
+def _centred_r(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef((a - a.mean(0)).ravel(), (b - b.mean(0)).ravel())[0, 1])
+
+
+def effect_recovery(model, adata) -> dict:
+    """Per-gene batch effects and batch-free expression against a semi-synthetic truth.
+
+    For each batch ``k``: the mean over cells of ``log(as batch k) - log(batch-free)``, each
+    minus its mean over genes (the library), against the true per-gene log effect
+    (centred over batches; also minus its mean over genes): Pearson r and least-squares slope.
+    Slope 1 means the effects come out at their true size *measured from the batch-free
+    decode*, which is what a counterfactual reports. Batch-free: pseudobulks (cell type x
+    donor) of the batch-free decode against those of the untouched counts, each gene centred
+    (r), next to the same for the observed, thinned counts.
+    """
+    truth = adata.varm["true_batch_effect"]
+    free = model.get_counterfactual_expression(adata, batch=None).to_numpy()
+    log_free = np.log(free)
+    per_batch = {}
+    for k, name in enumerate(adata.obs["batch"].cat.categories):
+        as_k = model.get_counterfactual_expression(adata, batch=name).to_numpy()
+        lfc = (np.log(as_k) - log_free).mean(0)
+        est, true = lfc - lfc.mean(), truth[:, k] - truth[:, k].mean()
+        per_batch[name] = {
+            "r": float(np.corrcoef(est, true)[0, 1]),
+            "slope": float(np.dot(est, true) / np.dot(true, true)),
+        }
+    groups = adata.obs["cell_type"].astype(str) + "|" + adata.obs["source_batch"].astype(str)
+    truth_pb = _pseudobulk(_proportions(adata.layers["truth"]), groups)
+    return {
+        "per_batch": per_batch,
+        "effect_r": float(np.mean([v["r"] for v in per_batch.values()])),
+        "effect_slope": float(np.mean([v["slope"] for v in per_batch.values()])),
+        "batch_free_r": _centred_r(truth_pb, _pseudobulk(free, groups)),
+        "observed_r": _centred_r(truth_pb, _pseudobulk(_proportions(adata.X), groups)),
+    }
+
+
+def _proportions(counts) -> np.ndarray:
+    dense = np.asarray(counts.toarray() if hasattr(counts, "toarray") else counts, dtype=float)
+    return dense / np.maximum(dense.sum(1, keepdims=True), 1.0)
 
 
 def run_embed(datasets, seeds, methods) -> None:
@@ -168,7 +236,8 @@ def run_embed(datasets, seeds, methods) -> None:
                 print(f"{dataset} seed {seed} {spec}: {facts}", flush=True)
 
 
-def run_score(datasets, seeds) -> None:
+def run_score(datasets, seeds, methods=None) -> None:
+    """Score the cached embeddings (only ``methods`` and ``pca`` when given; merged in)."""
     for dataset in datasets:
         adata = load_hvg(dataset)
         for seed in seeds:
@@ -178,6 +247,8 @@ def run_score(datasets, seeds) -> None:
             facts, scib_keys, cluster_keys = {}, [], []
             for f in files:
                 spec = f.name.split("__seed")[0]
+                if methods is not None and spec not in {"pca", *methods}:
+                    continue
                 data = np.load(f)
                 facts[spec] = json.loads(str(data["facts"]))
                 adata.obsm[spec] = data["X"]
@@ -191,6 +262,9 @@ def run_score(datasets, seeds) -> None:
                 adata, scib_keys, "batch", "cell_type", pre_integrated_key="pca"
             )
             clusters = ab.metrics.cluster_scores(adata, cluster_keys, "batch", "cell_type")
+            probe = ab.metrics.batch_predictability(
+                adata, scib_keys, "batch", "cell_type", seed=seed
+            )
             payload = {
                 "dataset": dataset,
                 "seed": seed,
@@ -198,6 +272,7 @@ def run_score(datasets, seeds) -> None:
                 "n_vars": adata.n_vars,
                 "scib": table.to_dict(orient="records"),
                 "cluster_scores": clusters.reset_index().to_dict(orient="records"),
+                "batch_predictability": probe.to_dict(orient="records"),
                 "facts": facts,
                 "score_seconds": time.perf_counter() - t0,
                 "machine": machine(),
@@ -219,21 +294,22 @@ def merge_runs(old: dict, new: dict) -> dict:
     """
     scored = {r["embedding"] for r in new["scib"]} | {r["embedding"] for r in new["cluster_scores"]}
     merged = dict(new)
-    for part in ("scib", "cluster_scores"):
-        merged[part] = [r for r in old[part] if r["embedding"] not in scored] + new[part]
+    for part in PARTS:
+        merged[part] = [r for r in old.get(part, []) if r["embedding"] not in scored] + new[part]
     merged["facts"] = {**{k: v for k, v in old["facts"].items() if k not in scored}, **new["facts"]}
     return merged
 
 
-def collect() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    scib_rows, cluster_rows, fact_rows = [], [], []
+def collect() -> dict[str, pd.DataFrame]:
+    """Every run's scores as one frame per part (plus ``facts``), tagged by dataset and seed."""
+    rows: dict[str, list] = {part: [] for part in (*PARTS, "facts")}
     for f in sorted(RUNS.glob("*.json")):
         run = json.loads(f.read_text())
         tag = {"dataset": run["dataset"], "seed": run["seed"]}
-        scib_rows += [{**tag, **r} for r in run["scib"]]
-        cluster_rows += [{**tag, **r} for r in run["cluster_scores"]]
-        fact_rows += [{**tag, "embedding": k, **v} for k, v in run["facts"].items()]
-    return pd.DataFrame(scib_rows), pd.DataFrame(cluster_rows), pd.DataFrame(fact_rows)
+        for part in PARTS:
+            rows[part] += [{**tag, **r} for r in run.get(part, [])]
+        rows["facts"] += [{**tag, "embedding": k, **v} for k, v in run["facts"].items()]
+    return {part: pd.DataFrame(r) for part, r in rows.items()}
 
 
 def fmt(mean: float, sd: float) -> str:
@@ -285,8 +361,57 @@ def cluster_table(cluster_df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def probe_table(probe_df: pd.DataFrame) -> list[str]:
+    """Batch predictability: balanced accuracy, over all cells and within cell types."""
+    probe_df = probe_df[probe_df["group"].isin(["all cells", "within labels"])]
+    stats = probe_df.groupby(["embedding", "group", "classifier"])["balanced_accuracy"].agg(
+        ["mean", "std"]
+    )
+    cols = [(g, c) for g in ("all cells", "within labels") for c in ("linear", "knn")]
+    chance = probe_df["chance"].iloc[0]
+    lines = [
+        f"| embedding | {' | '.join(f'{g}, {c}' for g, c in cols)} |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for emb in sorted(stats.index.get_level_values(0).unique(), key=order):
+        cells = [fmt(*stats.loc[(emb, g, c)]) for g, c in cols]
+        lines.append(f"| {label(emb)} | " + " | ".join(cells) + " |")
+    return [*lines, f"\nChance: {chance:.3f}.\n"]
+
+
+def recovery_table(facts_df: pd.DataFrame) -> list[str]:
+    """Effect recovery of ArmedRNA runs against a semi-synthetic truth."""
+    if "recovery" not in facts_df:
+        return []
+    rec = facts_df.dropna(subset=["recovery"])
+    if rec.empty:
+        return []
+    keys = ("effect_r", "effect_slope", "batch_free_r", "observed_r")
+    rows = pd.DataFrame(
+        [
+            {"embedding": e, **{k: r[k] for k in keys}}
+            for e, r in zip(rec["embedding"], rec["recovery"], strict=True)
+        ]
+    )
+    stats = rows.groupby("embedding")[list(keys)].agg(["mean", "std"])
+    lines = [
+        "\nEffect recovery against the truth (per-gene effect of each batch, as batch k minus "
+        "batch-free, vs the true one: r and slope, mean over batches; batch-free pseudobulks "
+        "(cell type x donor) vs the untouched counts' (r), next to the observed counts'):\n",
+        "| embedding | effect r | effect slope | batch-free r | observed counts r |",
+        "|---|---|---|---|---|",
+    ]
+    for emb in sorted(stats.index, key=order):
+        lines.append(
+            f"| {label(emb)} | " + " | ".join(fmt(*stats.loc[emb, k]) for k in keys) + " |"
+        )
+    return lines
+
+
 def run_report() -> None:
-    scib_df, cluster_df, facts_df = collect()
+    parts = collect()
+    scib_df, cluster_df, facts_df = parts["scib"], parts["cluster_scores"], parts["facts"]
+    probe_df = parts["batch_predictability"]
     metrics = [m for m in scib_df["metric"].unique() if m not in TOTALS] + list(TOTALS)
     stats = scib_df.groupby(["dataset", "embedding", "metric"])["value"].agg(
         ["mean", "std", "count"]
@@ -320,6 +445,14 @@ def run_report() -> None:
             "better separated; `:re` = the RE latent, where the batch should stay):\n"
         ]
         lines += cluster_table(cluster_df[cluster_df["dataset"] == dataset])
+        if not probe_df.empty and (probe_df["dataset"] == dataset).any():
+            lines += [
+                "\nBatch predictability (`armed_bio.metrics.batch_predictability`: 5-fold "
+                "balanced accuracy of a fresh classifier predicting the batch from the "
+                "standardised embedding; lower = less batch left):\n"
+            ]
+            lines += probe_table(probe_df[probe_df["dataset"] == dataset])
+        lines += recovery_table(facts_df[facts_df["dataset"] == dataset])
         secs = facts_df[facts_df["dataset"] == dataset].groupby("embedding")["seconds"].mean()
         lines.append(
             "\nFit seconds, mean over seeds (scANVI: its scVI included): "
@@ -329,6 +462,7 @@ def run_report() -> None:
     payload = {
         "scib": scib_df.to_dict(orient="records"),
         "cluster_scores": cluster_df.to_dict(orient="records"),
+        "batch_predictability": probe_df.to_dict(orient="records"),
         "facts": facts_df.to_dict(orient="records"),
         "summary": summary,
         "machine": machine(),
@@ -339,15 +473,16 @@ def run_report() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["embed", "score", "report", "all"])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=[*DATASETS, *SEMI_SYNTHETIC])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    # embed: default METHODS; score: default every cached embedding.
+    parser.add_argument("--methods", nargs="+", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.step in ("embed", "all"):
-        run_embed(args.datasets, args.seeds, args.methods)
+        run_embed(args.datasets, args.seeds, args.methods or METHODS)
     if args.step in ("score", "all"):
-        run_score(args.datasets, args.seeds)
+        run_score(args.datasets, args.seeds, args.methods)
     if args.step in ("report", "all"):
         run_report()
 
