@@ -113,6 +113,16 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         """
         scvi.settings.seed = seed
         self.module = self._module_cls(**data_arguments, **module_kwargs)
+        # Every module argument with the value it took, defaults included, saved with the
+        # model: a later release's new defaults must not change a saved model when it loads.
+        self.module_arguments_: dict[str, Any] = {
+            **{
+                name: p.default
+                for name, p in inspect.signature(self._module_cls.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty and name not in data_arguments
+            },
+            **module_kwargs,
+        }
         self._fit_batch_given_label()
         batch_state = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
         # Batches with random effects, in code order; adapt() appends new ones.
@@ -628,7 +638,13 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         check.check_anndata(adata)
         cls._check_saved_inputs(adata, var_names)
         cls.setup_anndata(adata, source_registry=registry, **registry["setup_args"])
-        model = cls(adata, **_saved_arguments(attrs.pop("init_params_")))
+        arguments = _saved_arguments(attrs.pop("init_params_"))
+        # Files from before 0.3.0 hold only the arguments given; the rest took the defaults of
+        # their release, which the module class keeps.
+        saved = attrs.pop("module_arguments_", None)
+        if saved is None:
+            saved = cls._module_cls.defaults_before_0_3
+        model = cls(adata, **{**saved, **arguments})
         for name, value in attrs.items():
             setattr(model, name, value)
         n_adapted = len(model.batch_categories_) - model.module.n_batch

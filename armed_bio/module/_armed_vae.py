@@ -101,6 +101,11 @@ class ArmedVAEModule(ArmedModuleBase):
     """
 
     random_effect_modes = ("mixed", "random")
+    defaults_before_0_3 = {
+        "fe_reconstruction_weight": 0.2,
+        "adversary_clusters": 0,
+        "centre_random_effects": False,
+    }
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class ArmedVAEModule(ArmedModuleBase):
         adversary_weight: float | str = "auto",
         adversary_scale: float = 0.01,
         adversary_objective: str = "negative_ce",
-        fe_reconstruction_weight: float = 0.2,
+        fe_reconstruction_weight: float = 0.1,
         fe_reconstruction_effects: str = "none",
         detach_fe_reconstruction: bool = False,
         re_batch_weight: float = 1.0,
@@ -126,8 +131,8 @@ class ArmedVAEModule(ArmedModuleBase):
         n_labels: int = 0,
         classification_weight: float = 1.0,
         conditional_adversary: bool = True,
-        adversary_clusters: int = 0,
-        centre_random_effects: bool = False,
+        adversary_clusters: int = 5,
+        centre_random_effects: bool = True,
         latent_kl_weight: float = 0.0,
     ):
         if mode not in MODES:
@@ -188,7 +193,7 @@ class ArmedVAEModule(ArmedModuleBase):
             self.log_theta = nn.Parameter(torch.zeros(n_input))
         self.centre_random_effects = centre_random_effects
         if self.has_adversary:
-            if adversary_clusters:
+            if adversary_clusters and not self.conditional_adversary:
                 self._add_adversary_clusters(adversary_clusters, n_latent)
             self._add_adversary(n_latent + (n_hidden * n_layers if adversary_on == "all" else 0))
         if self.has_random_encoder:

@@ -18,7 +18,7 @@ A subclass builds ``encoder`` (and, by mode, ``decoder``, ``re_encoder``, ``labe
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from scvi.module.base import BaseModuleClass, LossOutput
@@ -125,6 +125,9 @@ class ArmedModuleBase(BaseModuleClass):
 
     #: Modes in which the module has random effects.
     random_effect_modes: tuple[str, ...] = ("mixed",)
+    #: Arguments whose default changed in 0.3.0, with their earlier defaults: models saved
+    #: before 0.3.0 recorded only the arguments given, and load with these for the rest.
+    defaults_before_0_3: dict[str, Any] = {}
     #: Whether the module builds a random-effects encoder in those modes.
     builds_random_encoder: bool = True
     #: Names of the decoder's per-output random scale and offset (for genes, the offset is a

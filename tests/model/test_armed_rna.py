@@ -93,6 +93,39 @@ def test_save_load_gives_identical_latents_and_adversary(trained, tmp_path):
     )
 
 
+def test_models_saved_before_0_3_load_with_their_own_defaults(sim, tmp_path):
+    """A 0.2.0 file records only the arguments given: the rest must take 0.2.0's defaults."""
+    import json
+
+    from armed_bio.module import ArmedVAEModule
+
+    old = ArmedVAEModule.defaults_before_0_3
+    ArmedRNA.setup_anndata(sim, batch_key="batch")
+    model = ArmedRNA(sim, seed=0, **old)  # what ArmedRNA(sim) built in 0.2.0
+    model.train(max_epochs=2, seed=0, **FAST)
+    model.save(tmp_path / "m")
+    attrs_file = tmp_path / "m" / "attributes.json"
+    attrs = json.loads(attrs_file.read_text())
+    assert attrs["module_arguments_"]["adversary_clusters"] == 0
+    # As 0.2.0 wrote it: no module_arguments_, and no explicit argument for the defaults.
+    del attrs["module_arguments_"]
+    attrs["init_params_"]["kwargs"]["module_kwargs"] = {}
+    attrs_file.write_text(json.dumps(attrs))
+    loaded = ArmedRNA.load(tmp_path / "m", adata=sim)
+    assert loaded.module.n_adversary_clusters == 0
+    assert not loaded.module.centre_random_effects
+    assert loaded.module.fe_reconstruction_weight == old["fe_reconstruction_weight"]
+    np.testing.assert_array_equal(
+        loaded.get_counterfactual_expression(sim, batch="batch_1").to_numpy(),
+        model.get_counterfactual_expression(sim, batch="batch_1").to_numpy(),
+    )
+    # A file of this release loads with every argument as it was, whatever the defaults.
+    model.save(tmp_path / "new")
+    again = json.loads((tmp_path / "new" / "attributes.json").read_text())
+    assert again["module_arguments_"]["centre_random_effects"] is False
+    assert ArmedRNA.load(tmp_path / "new", adata=sim).module.n_adversary_clusters == 0
+
+
 def test_save_refuses_non_empty_dir_and_load_checks_genes(trained, tmp_path):
     trained.save(tmp_path / "m")
     with pytest.raises(FileExistsError, match="overwrite=True"):

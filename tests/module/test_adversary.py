@@ -90,9 +90,16 @@ def test_label_conditional_adversary_in_rna(tmp_path):
     loaded = ArmedRNA.load(tmp_path / "m", adata=adata)
     np.testing.assert_allclose(loaded.module.batch_given_label.numpy(), table.to_numpy(), atol=1e-6)
 
-    unconditional = ArmedRNA(adata, seed=0, conditional_adversary=False).module
-    assert not unconditional.conditional_adversary
+    # Not told the label, the adversary is conditioned on clusters of z_FE (the default) ...
+    clustered = ArmedRNA(adata, seed=0, conditional_adversary=False).module
+    assert not clustered.conditional_adversary
+    assert clustered.adversary.net[0].in_features == 10 + 5
+    # ... or on nothing at all.
+    unconditional = ArmedRNA(
+        adata, seed=0, conditional_adversary=False, adversary_clusters=0
+    ).module
     assert unconditional.adversary.net[0].in_features == 10
+    assert module.n_adversary_clusters == 0  # told the label, no clusters are kept
     ArmedRNA.setup_anndata(adata, batch_key="batch")  # no labels: nothing to condition on
     assert not ArmedRNA(adata, seed=0).module.conditional_adversary
 
