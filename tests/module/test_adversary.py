@@ -13,6 +13,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 import armed_bio as ab
 from armed_bio.model import ArmedRNA
+from armed_bio.module import ArmedVAEModule
 
 
 def knn_batch_accuracy(latent: np.ndarray, batches) -> float:
@@ -50,8 +51,18 @@ def test_default_adversary_reduces_batch_structure():
 
 @pytest.mark.slow
 def test_strong_setting_removes_batch_versus_random_mode():
-    """Confusion objective + detached FE reconstruction against scMEDAL-RE (mode="random")."""
-    adata, mixed = _train(adversary_objective="confusion", detach_fe_reconstruction=True)
+    """Confusion objective + detached FE reconstruction against scMEDAL-RE (mode="random").
+
+    On the 0.2.0 defaults. With v2's (cluster-conditional adversary, centred effects,
+    lambda_F 0.1) this simulation of huge, uniform batch effects keeps more batch in z_FE
+    (15-NN batch accuracy 0.86, 0.82 with a global adversary): k-means of z_FE splits by
+    batch, and the cluster-conditional adversary then takes each cluster's batch mix as given.
+    """
+    adata, mixed = _train(
+        adversary_objective="confusion",
+        detach_fe_reconstruction=True,
+        **ArmedVAEModule.defaults_before_0_3,
+    )
     _, random = _train(mode="random")
     batches, types = adata.obs["batch"], adata.obs["cell_type"]
     z_mixed, z_random = mixed.get_latent_representation(), random.get_latent_representation()
