@@ -144,7 +144,7 @@ def plot_truth(adata, model, free, true_free, effect, held_out) -> None:
         ax.set(
             xlabel="true per-gene log effect (vs the seen batches' average)",
             ylabel="predicted (as batch - batch-free)",
-            title=f"{name} ({tag}): r = {fit['effect_r']:.3f}, slope = {fit['effect_slope']:.2f}",
+            title=f"{name} ({tag})\nr = {fit['effect_r']:.3f}, slope = {fit['effect_slope']:.2f}",
         )
     fig.tight_layout()
     fig.savefig(RESULTS / "rna_counterfactuals_truth.png", dpi=110)

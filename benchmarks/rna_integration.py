@@ -63,6 +63,28 @@ CACHE = Path(__file__).resolve().parent / ".cache" / "rna_integration"
 RUNS = RESULTS / "rna_integration_runs"
 METHODS = ["pca", "harmony", "scvi", "scanvi", "armed_fixed", "armed_v1", "armed"]
 TOTALS = ("Batch correction", "Bio conservation", "Total")
+# Which v2 change did what: v1, v1 plus each change, v2, v2 less each (see ablation_table).
+ABLATION = [
+    ("v1 (first release)", "armed_v1"),
+    ("v1 + centred random effects", "armed_v1@centre_random_effects=true"),
+    ("v1 + cluster-conditional adversary", "armed_v1@adversary_clusters=5"),
+    ("v1 + lambda_F 0.1", "armed_v1@fe_reconstruction_weight=0.1"),
+    ("v2 (all three)", "armed"),
+    ("v2 - centring", "armed@centre_random_effects=false"),
+    ("v2 - cluster conditioning", "armed@adversary_clusters=0"),
+    ("v2 - lambda_F 0.1 (back to 0.2)", "armed@fe_reconstruction_weight=0.2"),
+    ("v1 + variational z_FE (not kept)", "armed_v1@latent_kl_weight=1.0"),
+    (
+        "v2 + variational z_FE (not kept)",
+        "armed_v1@adversary_clusters=5,centre_random_effects=true,"
+        "fe_reconstruction_weight=0.1,latent_kl_weight=1.0",
+    ),
+    (
+        "v1 + centring + output effects in the Z = 0 reconstruction, lambda_F 1 (not kept)",
+        "armed_v1@centre_random_effects=true,fe_reconstruction_effects=output,"
+        "fe_reconstruction_weight=1.0",
+    ),
+]
 # The per-embedding score lists of a run file.
 PARTS = ("scib", "cluster_scores", "batch_predictability")
 LABELS = {
@@ -408,6 +430,72 @@ def recovery_table(facts_df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def ablation_table(scib_df: pd.DataFrame, probe_df: pd.DataFrame, seed: int = 0) -> list[str]:
+    """Which v2 change did what: the :data:`ABLATION` rows run on this dataset, one seed."""
+    scores = scib_df[scib_df["seed"] == seed].set_index(["embedding", "metric"])["value"]
+    probe = probe_df[(probe_df["seed"] == seed) & (probe_df["group"] == "within labels")]
+    probe = probe.set_index(["embedding", "classifier"])["balanced_accuracy"]
+    lines = [
+        f"\nAblation, seed {seed} (v1 plus each change, v2 less each):\n",
+        "| what | spec | Total | Batch correction | Bio conservation | KBET "
+        "| within labels, knn | within labels, linear |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for what, spec in ABLATION:
+        if (spec, "Total") not in scores.index:
+            continue
+        cells = [
+            f"{scores[(spec, m)]:.3f}"
+            for m in ("Total", "Batch correction", "Bio conservation", "KBET")
+        ]
+        cells += [f"{probe.get((spec, c), float('nan')):.3f}" for c in ("knn", "linear")]
+        lines.append(f"| {what} | `{spec}` | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 4 else []
+
+
+def plot_summary(stats: pd.DataFrame, probe_df: pd.DataFrame) -> None:
+    """The main methods' scIB Total and within-label batch probe, per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted(stats.index.get_level_values(0).unique())
+    fig, axes = plt.subplots(2, len(datasets), figsize=(5.6 * len(datasets), 6.4), squeeze=False)
+    probe = probe_df[probe_df["group"] == "within labels"]
+    for j, dataset in enumerate(datasets):
+        sub = stats.loc[dataset]
+        main = [m for m in METHODS if (m, "Total") in sub.index]
+        mean = [sub.loc[(m, "Total"), "mean"] for m in main]
+        sd = [np.nan_to_num(sub.loc[(m, "Total"), "std"]) for m in main]
+        ax = axes[0, j]
+        ax.barh(range(len(main)), mean, xerr=sd, color="#4c72b0")
+        ax.set(yticks=range(len(main)), yticklabels=[label(m) for m in main], title=dataset)
+        ax.set_xlim(min(mean) - 0.03, max(mean) + 0.02)
+        ax.set_xlabel("scIB Total, mean ± s.d. over seeds")
+        ax.invert_yaxis()
+        ax = axes[1, j]
+        pr = probe[(probe["dataset"] == dataset) & probe["embedding"].isin(main)]
+        for k, kind in enumerate(("linear", "knn")):
+            g = pr[pr["classifier"] == kind].groupby("embedding")["balanced_accuracy"].mean()
+            rows = [m for m in main if m in g.index]
+            ax.barh(
+                [main.index(m) + 0.4 * k - 0.2 for m in rows],
+                [g[m] for m in rows],
+                height=0.4,
+                label=kind,
+            )
+        if not pr.empty:
+            ax.axvline(pr["chance"].iloc[0], color="grey", ls="--", lw=0.8, label="chance")
+        ax.set(yticks=range(len(main)), yticklabels=[label(m) for m in main])
+        ax.set_xlabel("batch probe within labels, balanced acc. (lower: less batch)")
+        ax.invert_yaxis()
+        ax.legend(frameon=False, fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "rna_integration_summary.png", dpi=110)
+    plt.close(fig)
+
+
 def run_report() -> None:
     parts = collect()
     scib_df, cluster_df, facts_df = parts["scib"], parts["cluster_scores"], parts["facts"]
@@ -453,6 +541,9 @@ def run_report() -> None:
             ]
             lines += probe_table(probe_df[probe_df["dataset"] == dataset])
         lines += recovery_table(facts_df[facts_df["dataset"] == dataset])
+        lines += ablation_table(
+            scib_df[scib_df["dataset"] == dataset], probe_df[probe_df["dataset"] == dataset]
+        )
         secs = facts_df[facts_df["dataset"] == dataset].groupby("embedding")["seconds"].mean()
         lines.append(
             "\nFit seconds, mean over seeds (scANVI: its scVI included): "
@@ -468,6 +559,7 @@ def run_report() -> None:
         "machine": machine(),
     }
     write_results("rna_integration", payload, "\n".join(lines) + "\n")
+    plot_summary(stats, probe_df)
 
 
 def main() -> None:
