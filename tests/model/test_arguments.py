@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST
+from conftest import FAST, assert_unchanged, snapshot
 
 from armed_bio.model import ArmedImageClassifier, ArmedRNA
 
@@ -46,3 +46,19 @@ def test_unknown_and_data_derived_arguments_are_rejected(sim):
         ArmedRNA(sim, n_latnet=4)
     with pytest.raises(TypeError, match=r"\['n_batch'\] are set from the registered AnnData"):
         ArmedRNA(sim, n_batch=7)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"fe_reconstruction_effects": "hidden"}, "fe_reconstruction_effects must be 'none' or"),
+        ({"adversary_clusters": 1}, "adversary_clusters must be 0 or at least 2"),
+        ({"latent_kl_weight": -0.5}, "latent_kl_weight must be non-negative"),
+    ],
+)
+def test_v2_arguments_are_checked_and_leave_the_anndata_alone(sim, kwargs, match):
+    ArmedRNA.setup_anndata(sim, batch_key="batch")
+    before = snapshot(sim)
+    with pytest.raises(ValueError, match=match):
+        ArmedRNA(sim, seed=0, **kwargs)
+    assert_unchanged(sim, before)
