@@ -30,6 +30,18 @@ def check_anndata(adata: Any, name: str = "adata") -> AnnData:
     return adata
 
 
+def check_finite_output(values: np.ndarray, what: str, where: str) -> np.ndarray:
+    """Refuse to write non-finite model outputs: the last defence against a diverged model."""
+    n_bad = int(values.size - np.isfinite(values).sum())
+    if n_bad:
+        raise FloatingPointError(
+            f"{what} has {n_bad} non-finite values (NaN or inf), so it was not written to "
+            f"{where}. The model's weights are not finite (a diverged training run): retrain "
+            "with a lower learning rate, e.g. `train(plan_kwargs={'lr': 1e-4})`."
+        )
+    return values
+
+
 def check_batch_key(adata: AnnData, batch_key: str | None, min_batches: int = 2) -> pd.Series:
     """Return the batch column after checking it exists, has no missing values and >=2 levels."""
     if batch_key is None:

@@ -255,7 +255,10 @@ class ArmedRNA(ArmedModelBase):
         )
         result = self._collect(adata, indices, gene_list, chunks)
         if layer_key is not None:
-            (self.adata if adata is None else adata).layers[layer_key] = result.to_numpy()
+            values = check.check_finite_output(
+                result.to_numpy(), "The expression", f"adata.layers[{layer_key!r}]"
+            )
+            (self.adata if adata is None else adata).layers[layer_key] = values
         return result
 
     def get_normalized_expression(

@@ -551,11 +551,15 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         Returns the AnnData written to (the training AnnData by default).
         """
         adata = self.adata if adata is None else adata
-        adata.obsm[fe_key] = self.get_latent_representation(adata, kind="fe")
+        # Every latent is computed and checked before anything is written.
+        latents = {fe_key: self.get_latent_representation(adata, kind="fe")}
         obsm_keys = {"fe": fe_key}
         if self.module.has_random_encoder:
-            adata.obsm[re_key] = self.get_latent_representation(adata, kind="re")
+            latents[re_key] = self.get_latent_representation(adata, kind="re")
             obsm_keys["re"] = re_key
+        for key, values in latents.items():
+            check.check_finite_output(values, "The latent", f"adata.obsm[{key!r}]")
+        adata.obsm.update(latents)
         adata.uns[UNS_KEY] = self._uns_record(obsm_keys)
         return adata
 
@@ -600,10 +604,16 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         save_anndata
             Also write the training AnnData as ``adata.h5ad``.
         """
+        state = self.module.state_dict()
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise FloatingPointError(
+                f"The model's weights {bad[:5]} are not finite (a diverged training run), so it "
+                f"was not saved to {dir_path}. Retrain with a lower learning rate, e.g. "
+                "`train(plan_kwargs={'lr': 1e-4})`."
+            )
         attrs = {name: value for name, value in self._get_user_attributes() if name.endswith("_")}
-        path = _save_load.save_model(
-            self.module.state_dict(), self._saved_names(), attrs, dir_path, overwrite
-        )
+        path = _save_load.save_model(state, self._saved_names(), attrs, dir_path, overwrite)
         if save_anndata:
             self.adata.write_h5ad(path / _save_load.ADATA_FILE, **anndata_write_kwargs)
 

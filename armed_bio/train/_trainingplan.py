@@ -6,6 +6,7 @@ import torch
 from scvi.train import TrainingPlan
 
 from ..module import ArmedModuleBase
+from ._divergence import DivergenceGuard, TrainingDivergedError, divergence_message
 
 
 class ArmedTrainingPlan(TrainingPlan):
@@ -61,6 +62,9 @@ class ArmedTrainingPlan(TrainingPlan):
         self.armed_step = 0
         # mode -> metric -> (cell-weighted sum, cells) over the current epoch.
         self._epoch_sums: dict[str, dict[str, tuple]] = {}
+        self._guard = DivergenceGuard()
+        # The weights at the start of the epoch: where a diverged run is rolled back to.
+        self._epoch_start_state: dict[str, torch.Tensor] | None = None
 
     def on_train_start(self) -> None:
         total = int(self.trainer.max_epochs * self.trainer.num_training_batches)
@@ -90,13 +94,44 @@ class ArmedTrainingPlan(TrainingPlan):
             "adversary_warmup": self.adversary_warmup,
         }
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start_state = {
+            k: v.detach().clone() for k, v in self.module.state_dict().items()
+        }
+
+    def _diverged(self, step: int, terms: list[str]) -> None:
+        """Roll the weights back to the start of the epoch and raise the named error."""
+        if self._epoch_start_state is not None:
+            self.module.load_state_dict(self._epoch_start_state)
+        lrs = {
+            "lr": self.lr,
+            "adversary_lr": self.adversary_lr,
+            "random_effects_lr": self.random_effects_lr,
+        }
+        raise TrainingDivergedError(
+            divergence_message(step, self.current_epoch, self.trainer.max_epochs, terms, lrs)
+        )
+
+    def _check_divergence(self) -> None:
+        bad = self._guard.first_bad()
+        if bad is not None:
+            self._diverged(*bad)
+
+    def _check_weights(self) -> None:
+        """Raise if any weight is non-finite (a last look once per epoch)."""
+        params = dict(self.module.named_parameters())
+        finite = torch.stack([p.detach().isfinite().all() for p in params.values()])
+        if not bool(finite.all()):
+            names = [n for n, ok in zip(params, finite.tolist(), strict=True) if not ok]
+            self._diverged(self.armed_step, [f"weights {', '.join(names[:5])}"])
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
         optimizers = self.optimizers()
         if not isinstance(optimizers, list):
             optimizers = [optimizers]
         opt_main = optimizers[0]
         inference_outputs, generative_outputs = self.module(batch, compute_loss=False)
-
+        adv_ce = None
         if self.module.has_adversary and len(optimizers) > 1:
             opt_adv = optimizers[1]
             adv_ce, adv_acc = self.module.adversary_loss(inference_outputs, batch["batch"])
@@ -110,6 +145,16 @@ class ArmedTrainingPlan(TrainingPlan):
         opt_main.zero_grad()
         self.manual_backward(loss_output.loss)
         opt_main.step()
+        terms = {
+            "reconstruction_loss": loss_output.reconstruction_loss_sum,
+            "kl_local": loss_output.kl_local_sum,
+            "kl_global": loss_output.kl_global_sum,
+            **loss_output.extra_metrics,
+            **({} if adv_ce is None else {"adversary_cross_entropy": adv_ce}),
+            "loss": loss_output.loss,
+        }
+        if self._guard.record(self.armed_step, terms):
+            self._check_divergence()
         self.armed_step += 1
 
         n_obs = loss_output.n_obs_minibatch
@@ -179,6 +224,8 @@ class ArmedTrainingPlan(TrainingPlan):
             )
 
     def on_train_epoch_end(self) -> None:
+        self._check_divergence()
+        self._check_weights()
         self._log_epoch_means("train")
 
     def on_validation_epoch_end(self) -> None:
