@@ -600,7 +600,9 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         dir_path
             Directory to write; created if missing.
         overwrite
-            Allow writing into a non-empty directory.
+            Replace a model saved there before. The save is atomic: it writes a temporary
+            folder beside ``dir_path`` and renames it into place, so an interrupted save
+            leaves the previous model intact. A folder holding other files is never replaced.
         save_anndata
             Also write the training AnnData as ``adata.h5ad``.
         """
@@ -613,9 +615,18 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                 "`train(plan_kwargs={'lr': 1e-4})`."
             )
         attrs = {name: value for name, value in self._get_user_attributes() if name.endswith("_")}
-        path = _save_load.save_model(state, self._saved_names(), attrs, dir_path, overwrite)
-        if save_anndata:
-            self.adata.write_h5ad(path / _save_load.ADATA_FILE, **anndata_write_kwargs)
+
+        def write_adata(folder) -> None:
+            self.adata.write_h5ad(folder / _save_load.ADATA_FILE, **anndata_write_kwargs)
+
+        _save_load.save_model(
+            state,
+            self._saved_names(),
+            attrs,
+            dir_path,
+            overwrite,
+            write_more=write_adata if save_anndata else None,
+        )
 
     @classmethod
     def load(cls, dir_path: str | os.PathLike, adata: AnnData | None = None) -> ArmedModelBase:
@@ -633,7 +644,8 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         registry = attrs.pop("registry_")
         if registry.get("model_name") != cls.__name__:
             raise ValueError(
-                f"{dir_path} holds a {registry.get('model_name')} model, not {cls.__name__}."
+                f"{dir_path} holds a {registry.get('model_name')} model, not {cls.__name__}. "
+                f"Load it with `armed_bio.model.{registry.get('model_name')}.load(...)`."
             )
         if adata is None:
             saved = os.path.join(dir_path, _save_load.ADATA_FILE)
