@@ -9,11 +9,13 @@ them writes to the AnnData unless asked.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +31,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from .. import _validation as check
 from .._constants import FE_OBSM_KEY, RE_OBSM_KEY, UNS_KEY, LatentKind
 from ..train import ArmedTrainingPlan, fit_temperature
+from ..train._checkpoint import CHECKPOINT_FILE, check_same_run, read_checkpoint_run
 from . import _save_load
 from ._query import (
     DEFAULT_ENTROPY_THRESHOLD,
@@ -204,6 +207,9 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         early_stopping: bool = False,
         plan_kwargs: dict | None = None,
         datasplitter_kwargs: dict | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_n_epochs: int = 1,
+        resume: bool = False,
         **trainer_kwargs,
     ) -> None:
         """Train with alternating adversary and main updates.
@@ -231,6 +237,17 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             ``warmup_fraction``, ...).
         datasplitter_kwargs
             Passed to scvi's ``DataSplitter``.
+        checkpoint_dir
+            Folder for a resumable checkpoint (``last.ckpt``, replaced atomically), written
+            every ``checkpoint_every_n_epochs`` epochs and after the last one.
+        checkpoint_every_n_epochs
+            Epochs between checkpoints.
+        resume
+            Continue the run checkpointed in ``checkpoint_dir`` (weights, both optimizers,
+            step counters, history and random generators), so that it ends as an
+            uninterrupted run with the same arguments would. Call it with the same data,
+            model and arguments as the interrupted run. Without a checkpoint there yet, the
+            run starts from the beginning (so a job script may always pass ``resume=True``).
         **trainer_kwargs
             Passed to scvi's ``Trainer`` / Lightning.
         """
@@ -245,6 +262,27 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             )
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
+        plan_kwargs = dict(plan_kwargs or {})
+        user_plan_kwargs = dict(plan_kwargs)
+        if checkpoint_dir is not None:
+            plan_kwargs.update(
+                self._checkpointing(
+                    Path(checkpoint_dir),
+                    checkpoint_every_n_epochs,
+                    resume,
+                    {
+                        "max_epochs": max_epochs,
+                        "batch_size": batch_size,
+                        "seed": seed,
+                        "train_size": train_size,
+                        "validation_size": validation_size,
+                        "plan_kwargs": user_plan_kwargs,
+                    },
+                    trainer_kwargs,
+                )
+            )
+        elif resume:
+            raise ValueError("resume=True needs the checkpoint_dir of the interrupted run.")
         scvi.settings.seed = seed
         self.train_params_ = {
             "max_epochs": max_epochs,
@@ -252,7 +290,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             "seed": seed,
             "train_size": train_size if train_size is not None else 0.9,
             "early_stopping": early_stopping,
-            "plan_kwargs": dict(plan_kwargs or {}),
+            "plan_kwargs": user_plan_kwargs,
         }
         super().train(
             max_epochs=max_epochs,
@@ -282,6 +320,51 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                     "No held-out cells (train_size=1.0), so the Z-predictor is uncalibrated "
                     "(temperature 1). Call model.calibrate_batch_predictor(adata_held_out)."
                 )
+
+    def _checkpointing(
+        self,
+        folder: Path,
+        every: int,
+        resume: bool,
+        arguments: dict[str, Any],
+        trainer_kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Plan arguments that write checkpoints to ``folder``; set ``ckpt_path`` to resume.
+
+        The run's record (data shape, model and ``train`` arguments) goes into each
+        checkpoint; resuming checks it, so a checkpoint is never continued with other settings.
+        """
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(
+                f"checkpoint_every_n_epochs must be a positive integer, got {every!r}."
+            )
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"checkpoint_dir {folder} is a file; pass a folder.")
+        run = {
+            "model": type(self).__name__,
+            "n_obs": int(self.adata.n_obs),
+            "n_vars": int(self.adata.n_vars),
+            "module_arguments": self.module_arguments_,
+            **arguments,
+        }
+        run = json.loads(json.dumps(run, sort_keys=True, default=str))
+        checkpoint = folder / CHECKPOINT_FILE
+        if checkpoint.exists():
+            if not resume:
+                raise FileExistsError(
+                    f"{checkpoint} holds a checkpoint of an earlier run. Pass resume=True to "
+                    "continue it, or delete it (or pass another checkpoint_dir) to start over."
+                )
+            check_same_run(read_checkpoint_run(checkpoint), run, checkpoint)
+            trainer_kwargs["ckpt_path"] = str(checkpoint)
+            logger.info(f"Resuming the run checkpointed in {checkpoint}.")
+        elif resume:
+            logger.warning(f"No checkpoint in {folder} yet: training from the start.")
+        return {
+            "checkpoint_dir": str(folder),
+            "checkpoint_every_n_epochs": every,
+            "checkpoint_run": run,
+        }
 
     # ------------------------------------------------------------------ plumbing
     def _query_chunks(
@@ -607,7 +690,8 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             Also write the training AnnData as ``adata.h5ad``.
         """
         state = self.module.state_dict()
-        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        # Parameters only: some buffers are NaN by design until set (a running scale).
+        bad = [k for k, p in self.module.named_parameters() if not p.isfinite().all()]
         if bad:
             raise FloatingPointError(
                 f"The model's weights {bad[:5]} are not finite (a diverged training run), so it "

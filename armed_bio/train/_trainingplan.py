@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from scvi.train import TrainingPlan
 
 from ..module import ArmedModuleBase
+from ._checkpoint import CHECKPOINT_KEY, rng_states, set_rng_states, write_checkpoint
 from ._divergence import DivergenceGuard, TrainingDivergedError, divergence_message
 
 
@@ -33,6 +36,14 @@ class ArmedTrainingPlan(TrainingPlan):
         are given.
     n_steps_adversary_warmup, n_steps_kl_warmup
         Explicit warm-up lengths in optimizer steps.
+    checkpoint_dir
+        Folder to write a resumable checkpoint (``last.ckpt``) to, every
+        ``checkpoint_every_n_epochs`` epochs and after the last; ``None``: none. Models set it
+        from ``train(checkpoint_dir=...)``.
+    checkpoint_every_n_epochs
+        Epochs between checkpoints.
+    checkpoint_run
+        The run's settings, stored in the checkpoint and compared on resume.
     **kwargs
         Passed to :class:`scvi.train.TrainingPlan` (``weight_decay``, ``eps``,
         ``reduce_lr_on_plateau``, ...).
@@ -48,6 +59,9 @@ class ArmedTrainingPlan(TrainingPlan):
         warmup_fraction: float = 0.25,
         n_steps_adversary_warmup: int | None = None,
         n_steps_kl_warmup: int | None = None,
+        checkpoint_dir: str | None = None,
+        checkpoint_every_n_epochs: int = 1,
+        checkpoint_run: dict | None = None,
         **kwargs,
     ):
         kwargs.setdefault("n_epochs_kl_warmup", None)
@@ -63,6 +77,11 @@ class ArmedTrainingPlan(TrainingPlan):
         # mode -> metric -> (cell-weighted sum, cells) over the current epoch.
         self._epoch_sums: dict[str, dict[str, tuple]] = {}
         self._guard = DivergenceGuard()
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every_n_epochs = checkpoint_every_n_epochs
+        self.checkpoint_run = checkpoint_run or {}
+        # epoch -> the metrics logged for it: replayed into the history on resume.
+        self._epoch_log: dict[int, dict[str, float]] = {}
         # The weights at the start of the epoch: where a diverged run is rolled back to.
         self._epoch_start_state: dict[str, torch.Tensor] | None = None
 
@@ -213,6 +232,8 @@ class ArmedTrainingPlan(TrainingPlan):
                 + means[f"kl_local_{mode}"]
                 + means[f"kl_global_{mode}"] / max(1, n_total or 1)
             )
+        record = self._epoch_log.setdefault(int(self.current_epoch), {})
+        record.update({key: float(mean) for key, mean in means.items()})
         for key, mean in means.items():
             self.log(
                 key,
@@ -227,6 +248,28 @@ class ArmedTrainingPlan(TrainingPlan):
         self._check_divergence()
         self._check_weights()
         self._log_epoch_means("train")
+        epoch = self.current_epoch + 1
+        every = self.checkpoint_every_n_epochs
+        if self.checkpoint_dir and (epoch % every == 0 or epoch == self.trainer.max_epochs):
+            write_checkpoint(self.trainer, self.checkpoint_dir)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "armed_step": self.armed_step,
+            "history": {str(k): v for k, v in self._epoch_log.items()},
+            "rng": rng_states(),
+            "run": json.dumps(self.checkpoint_run, sort_keys=True, default=str),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the step counter and generators; replay the history into the logger."""
+        state = checkpoint[CHECKPOINT_KEY]
+        self.armed_step = int(state["armed_step"])
+        self._epoch_log = {int(k): v for k, v in state["history"].items()}
+        set_rng_states(state["rng"])
+        if self.trainer.logger is not None:
+            for epoch, metrics in sorted(self._epoch_log.items()):
+                self.trainer.logger.log_metrics({**metrics, "epoch": epoch}, step=epoch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_means("validation")

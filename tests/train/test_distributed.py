@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent(
     ab.model.ArmedRNA.setup_anndata(adata, batch_key="batch")
     model = ab.model.ArmedRNA(adata, n_hidden=32, seed=0)
     model.train(max_epochs=2, batch_size=64, accelerator="cpu", devices=2,
-                strategy="ddp_find_unused_parameters_true", enable_progress_bar=False)
+                strategy="ddp_find_unused_parameters_true", enable_progress_bar=False,
+                checkpoint_dir=f"{out}/checkpoints")
     rank = int(os.environ.get("LOCAL_RANK", 0))
     params = {k: float(p.detach().double().sum()) for k, p in model.module.named_parameters()}
     record = {"params": params, "logged": sorted(model.history)}
@@ -59,3 +60,8 @@ def test_ddp_two_cpu_processes_train_in_sync(tmp_path):
     # The extra metrics (synced across ranks at epoch end) were logged, not dropped.
     assert "reconstruction_loss_fe_train" in ranks[0]["logged"]
     assert ranks[0]["latent_shape"] == [300, 10]
+    # Checkpointing under DDP: one checkpoint, written by rank 0, after the last epoch.
+    from armed_bio.train._checkpoint import CHECKPOINT_FILE, read_checkpoint_run
+
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [CHECKPOINT_FILE]
+    assert read_checkpoint_run(tmp_path / "checkpoints" / CHECKPOINT_FILE)["max_epochs"] == 2
