@@ -30,6 +30,21 @@ def check_anndata(adata: Any, name: str = "adata") -> AnnData:
     return adata
 
 
+def check_unique_names(adata: AnnData, axes: tuple[str, ...] = ("var", "obs")) -> None:
+    """Raise if gene (``var``) or cell (``obs``) names repeat: results are keyed by them."""
+    for axis in axes:
+        names = adata.var_names if axis == "var" else adata.obs_names
+        repeated = names[names.duplicated()].unique()
+        if len(repeated):
+            what = "gene" if axis == "var" else "cell"
+            raise ValueError(
+                f"adata.{axis}_names has {len(repeated)} repeated {what} names (e.g. "
+                f"{list(repeated[:3])}): which {what} is which would be ambiguous in latents, "
+                f"counterfactuals, DE and plots. Make them unique first with "
+                f"`adata.{axis}_names_make_unique()`."
+            )
+
+
 def check_finite_output(values: np.ndarray, what: str, where: str) -> np.ndarray:
     """Refuse to write non-finite model outputs: the last defence against a diverged model."""
     n_bad = int(values.size - np.isfinite(values).sum())

@@ -16,6 +16,7 @@ from scvi import REGISTRY_KEYS
 from scvi.data.fields import LayerField
 
 from .. import _validation as check
+from .._arguments import check_arguments
 from .._chunks import iter_chunks
 from .._constants import NORMALISATION_TARGET, Likelihood, Mode
 from .._docs import module_parameters
@@ -329,10 +330,15 @@ class ArmedRNA(ArmedModelBase):
         batch_key = setup["batch_key"]
         check.check_batch_key(query, batch_key, min_batches=1)
         matrix = check_query_matrix(query, setup.get("layer"), self.module.likelihood)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if lr <= 0:
-            raise ValueError(f"lr must be positive, got {lr!r}.")
+        check_arguments(
+            {
+                "batch_size": batch_size,
+                "lr": lr,
+                "seed": seed,
+                **({} if max_epochs is None else {"max_epochs": max_epochs}),
+            },
+            "ArmedRNA.adapt",
+        )
         codes, new_batches = batch_codes(
             query, batch_key, self.batch_categories_, np.arange(query.n_obs)
         )

@@ -29,6 +29,7 @@ from scvi.data.fields import CategoricalObsField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from .. import _validation as check
+from .._arguments import check_arguments, check_plan_kwargs, check_split
 from .._constants import FE_OBSM_KEY, RE_OBSM_KEY, UNS_KEY, LatentKind
 from ..train import ArmedTrainingPlan, fit_temperature
 from ..train._checkpoint import CHECKPOINT_FILE, check_same_run, read_checkpoint_run
@@ -149,6 +150,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         """
         # When loading a model, a subset of the training data may hold a single batch.
         loading = "source_registry" in kwargs
+        check.check_unique_names(adata)
         check.check_batch_key(adata, batch_key, min_batches=1 if loading else 2)
         check.check_labels_key(adata, labels_key)
         fields = [
@@ -251,6 +253,19 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         **trainer_kwargs
             Passed to scvi's ``Trainer`` / Lightning.
         """
+        check_arguments(
+            {
+                "batch_size": batch_size,
+                "seed": seed,
+                "train_size": train_size,
+                "validation_size": validation_size,
+                "checkpoint_every_n_epochs": checkpoint_every_n_epochs,
+                **({} if max_epochs is None else {"max_epochs": max_epochs}),
+            },
+            f"{type(self).__name__}.train",
+        )
+        check_split(train_size, validation_size)
+        check_plan_kwargs(self._training_plan_cls, plan_kwargs or {})
         if self.module.n_batch != self.module.n_batch_reference:
             raise RuntimeError(
                 "This model was adapted to new batches with adapt(); it is for inference on the "
@@ -334,10 +349,6 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         The run's record (data shape, model and ``train`` arguments) goes into each
         checkpoint; resuming checks it, so a checkpoint is never continued with other settings.
         """
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(
-                f"checkpoint_every_n_epochs must be a positive integer, got {every!r}."
-            )
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(f"checkpoint_dir {folder} is a file; pass a folder.")
         run = {
@@ -391,6 +402,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         positions = check_indices(indices, adata.n_obs)
         if batch_size is None:
             batch_size = DEFAULT_INFERENCE_BATCH_SIZE
+        check_arguments({"batch_size": batch_size}, type(self).__name__)
         chunks = self._query_chunks(adata, positions, batch_size)  # validates before yielding
         codes, unseen = batch_codes(adata, setup["batch_key"], self.batch_categories_, positions)
         threshold = check_threshold(self.entropy_threshold)

@@ -33,7 +33,8 @@ DEFAULT_ENTROPY_THRESHOLD = 0.5
 
 
 def check_genes(adata: AnnData, var_names: Sequence[str]) -> None:
-    """Require exactly the model's genes, in the model's order."""
+    """Require exactly the model's genes, in the model's order, each once."""
+    check.check_unique_names(adata, axes=("var",))
     query = pd.Index(adata.var_names)
     reference = pd.Index(var_names)
     if query.equals(reference):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._arguments import check_arguments
 from ..nn import ConvEncoder, MixedEffectsClassifier
 from ._image_base import ArmedImageModuleBase
 
@@ -63,6 +64,7 @@ class ArmedCNNModule(ArmedImageModuleBase):
         augment: bool = True,
         conditional_adversary: bool = True,
     ):
+        check_arguments(locals(), type(self).__name__)
         if n_labels < 2:
             raise ValueError(
                 f"A classifier needs at least 2 label categories, got {n_labels}. Check the "

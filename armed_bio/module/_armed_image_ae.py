@@ -7,6 +7,7 @@ from scvi.module.base import auto_move_data
 from torch import nn
 from torch.nn import functional as F
 
+from .._arguments import check_arguments
 from ..nn import ConvEncoder, MixedEffectsClassifier, MixedEffectsConvDecoder
 from ._base import accuracy
 from ._image_base import ArmedImageModuleBase
@@ -76,6 +77,7 @@ class ArmedImageModule(ArmedImageModuleBase):
         augment: bool = True,
         conditional_adversary: bool = True,
     ):
+        check_arguments(locals(), type(self).__name__)
         super().__init__(
             n_channels,
             image_size,

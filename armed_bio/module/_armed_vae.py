@@ -8,6 +8,7 @@ from scvi.module.base import auto_move_data
 from torch import nn
 from torch.nn import functional as F
 
+from .._arguments import NON_NEGATIVE, check_arguments
 from .._constants import COUNT_LIKELIHOODS, LIKELIHOODS, MODES, NORMALISATION_TARGET
 from ..nn import (
     Classifier,
@@ -135,6 +136,7 @@ class ArmedVAEModule(ArmedModuleBase):
         centre_random_effects: bool = True,
         latent_kl_weight: float = 0.0,
     ):
+        check_arguments(locals(), type(self).__name__)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if likelihood not in LIKELIHOODS:
@@ -146,9 +148,9 @@ class ArmedVAEModule(ArmedModuleBase):
                 "fe_reconstruction_effects must be 'none' or 'output', got "
                 f"{fe_reconstruction_effects!r}."
             )
-        if not (adversary_weight == "auto" or isinstance(adversary_weight, int | float)):
+        if not (adversary_weight == "auto" or NON_NEGATIVE[1](adversary_weight)):
             raise ValueError(
-                f"adversary_weight must be 'auto' or a number, got {adversary_weight!r}."
+                f"adversary_weight must be 'auto' or a number >= 0, got {adversary_weight!r}."
             )
         super().__init__(
             n_batch,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from scvi.module.base import auto_move_data
 
+from .._arguments import NON_NEGATIVE
 from ..nn import ConvClassifier, pooled_features
 from ._base import ArmedModuleBase
 
@@ -53,7 +54,7 @@ class ArmedImageModuleBase(ArmedModuleBase):
     ):
         if mode not in IMAGE_MODES:
             raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}.")
-        if not isinstance(adversary_weight, int | float) or adversary_weight < 0:
+        if not NON_NEGATIVE[1](adversary_weight):
             raise ValueError(f"adversary_weight must be a number >= 0, got {adversary_weight!r}.")
         super().__init__(
             n_batch,

@@ -7,6 +7,7 @@ from typing import Any
 
 from anndata import AnnData
 
+from .._arguments import check_arguments, check_plan_kwargs
 from .._validation import check_anndata, check_likelihood, get_matrix, matrix_name
 from ..model import ArmedRNA
 from ..model._base import RENAMED_ARGUMENTS
@@ -55,6 +56,10 @@ def armed(
     check_anndata(adata)
     model_kwargs = {k: v for k, v in kwargs.items() if k in _MODEL_ARGS}
     train_kwargs = {k: v for k, v in kwargs.items() if k not in _MODEL_ARGS}
+    # Every numeric argument is checked before setup_anndata registers anything in `adata`.
+    check_arguments({"seed": seed, **kwargs}, "armed")
+    if "plan_kwargs" in train_kwargs:
+        check_plan_kwargs(ArmedRNA._training_plan_cls, train_kwargs["plan_kwargs"] or {})
     # Check the likelihood before setup_anndata registers anything in `adata`.
     likelihood = model_kwargs.get("likelihood", "nb")
     check_likelihood(get_matrix(adata, layer), likelihood, matrix_name(layer))
