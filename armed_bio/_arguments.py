@@ -80,6 +80,12 @@ RULES: dict[str, Rule] = {
     "eps": POSITIVE,
     "max_kl_weight": NON_NEGATIVE,
     "min_kl_weight": NON_NEGATIVE,
+    # differential expression
+    "delta": NON_NEGATIVE,
+    "pseudocount": POSITIVE,
+    "min_cells": POSITIVE_INT,
+    "min_cells_per_replicate": POSITIVE_INT,
+    "n_samples_overall": POSITIVE_INT,
 }
 
 

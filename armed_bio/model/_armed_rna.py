@@ -23,6 +23,7 @@ from .._docs import module_parameters
 from ..module import ArmedVAEModule
 from ..train import QueryMinibatches, fit_new_batches
 from ._base import ArmedModelBase
+from ._differential import DifferentialExpressionMixin
 from ._query import UNSEEN, batch_codes, check_genes, check_query_matrix
 from ._random_effects import gene_batch_variance, random_effects_table
 
@@ -34,7 +35,7 @@ MAX_ADAPT_EPOCHS = 100
 
 
 @module_parameters(ArmedVAEModule, skip=("n_input", "n_batch", "n_labels"))
-class ArmedRNA(ArmedModelBase):
+class ArmedRNA(DifferentialExpressionMixin, ArmedModelBase):
     """ARMED mixed-effects autoencoder for single-cell RNA-seq counts.
 
     One joint model: a fixed-effects (FE) encoder made batch-invariant by an adversary, a

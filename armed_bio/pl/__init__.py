@@ -1,6 +1,7 @@
 """Plots of batch effects (matplotlib; each returns its Figure, scanpy-style show/save)."""
 
 from ._counterfactuals import counterfactuals, gene_layout
+from ._differential import differential_expression
 from ._embeddings import embeddings
 from ._image_counterfactuals import image_counterfactuals
 from ._metrics import metrics
@@ -9,6 +10,7 @@ from ._training import training
 
 __all__ = [
     "counterfactuals",
+    "differential_expression",
     "embeddings",
     "gene_layout",
     "image_counterfactuals",
