@@ -339,9 +339,7 @@ class DifferentialExpressionMixin:
 
     def _replicate_sums(self, adata, labels, replicates, cells, batch, batch_size):
         """Per (replicate, group) cell counts, sums and sums of squares of cp10k expression."""
-        keys = pd.MultiIndex.from_arrays([replicates[cells], labels[cells]]).unique()
-        slot = pd.Series(np.arange(len(keys)), index=keys)
-        where = slot.loc[list(zip(replicates[cells], labels[cells], strict=True))].to_numpy()
+        where, keys = pd.MultiIndex.from_arrays([replicates[cells], labels[cells]]).factorize()
         n_genes = self.adata.n_vars
         sums = np.zeros((len(keys), n_genes))
         squares = np.zeros((len(keys), n_genes))
@@ -353,8 +351,12 @@ class DifferentialExpressionMixin:
             part = where[start : start + len(values)]
             start += len(values)
             values = values.astype(np.float64)
-            np.add.at(sums, part, values)
-            np.add.at(squares, part, values**2)
+            # A (replicate, group) x cells indicator sums each chunk in one product.
+            onehot = sparse.csr_matrix(
+                (np.ones(len(part)), (part, np.arange(len(part)))), shape=(len(keys), len(part))
+            )
+            sums += onehot @ values
+            squares += onehot @ values**2
         return keys, counts, sums, squares
 
     def _de_replicates(
