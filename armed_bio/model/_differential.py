@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -121,6 +121,7 @@ class DifferentialExpressionMixin:
         *,
         batch=None,
         replicate_key: str | None = None,
+        replicate_expression: Literal["own_batch", "batch_free"] = "own_batch",
         delta: float = 0.25,
         fdr_target: float = 0.05,
         min_cells: int = 10,
@@ -155,6 +156,14 @@ class DifferentialExpressionMixin:
             combined by a random-effects meta-analysis (between-replicate variance ``tau``,
             Hartung-Knapp t-test, ``pvalue`` and BH ``pvalue_adj``). Without it, scvi-tools'
             cell-level ``change`` mode.
+        replicate_expression
+            At the replicate level with ``batch=None``: ``"own_batch"`` (default) decodes each
+            cell in its own batch. Every replicate must then lie within one batch (donors as
+            the batch, or nested in it), so the batch is constant within each comparison and
+            cancels from its log fold change, while a change specific to one donor stays
+            visible. ``"batch_free"`` decodes with ``Z = 0``, which removes the batch from
+            every cell but also averages donor-specific changes over the donors (measured in
+            ``benchmarks/results/rna_differential_expression.md``).
         delta
             Smallest log2 fold change that counts as a change: ``proba_de`` is the probability
             of ``|LFC| > delta``, and the replicate-level ``pvalue`` tests the null
@@ -225,6 +234,13 @@ class DifferentialExpressionMixin:
                     "replicate (donor/sample)."
                 )
             replicates = adata.obs[replicate_key].astype(str).to_numpy()
+            if replicate_expression not in ("own_batch", "batch_free"):
+                raise ValueError(
+                    "replicate_expression must be 'own_batch' or 'batch_free', got "
+                    f"{replicate_expression!r}."
+                )
+            if batch is None and replicate_expression == "own_batch":
+                self._check_nested(adata, replicate_key)
         code = self._batch_code(batch)  # checks the batch (and that the model has one)
         if key_added is not None and not isinstance(key_added, str):
             raise TypeError(f"key_added must be a string, got {key_added!r}.")
@@ -232,7 +248,12 @@ class DifferentialExpressionMixin:
             adata, self.registry_["setup_args"].get("layer"), self.module.likelihood
         )
         self._check_genes_for(adata)
-        what = "batch-free (Z = 0)" if code is None else f"as batch {batch!r}"
+        own = replicates is not None and batch is None and replicate_expression == "own_batch"
+        what = (
+            "each cell's own-batch"
+            if own
+            else ("batch-free (Z = 0)" if code is None else f"as batch {batch!r}")
+        )
         logger.info(
             f"Differential expression on {what} expression: {len(groups)} comparison(s) by "
             f"{groupby!r}"
@@ -263,6 +284,7 @@ class DifferentialExpressionMixin:
                 groups,
                 reference,
                 batch,
+                own,
                 delta,
                 fdr_target,
                 min_cells_per_replicate,
@@ -273,11 +295,30 @@ class DifferentialExpressionMixin:
         result = pd.concat(tables, axis=0)
         if key_added is not None:
             adata.uns[key_added] = rank_genes_groups_record(
-                result, groupby, reference, fdr_target, replicate_key, batch
+                result, groupby, reference, fdr_target, replicate_key, what
             )
         return result
 
     # ------------------------------------------------------------------ helpers
+    def _check_nested(self, adata: AnnData, replicate_key: str) -> None:
+        """Raise unless every replicate's cells lie in one batch (for own-batch decoding)."""
+        batch_key = self.registry_["setup_args"]["batch_key"]
+        if batch_key not in adata.obs.columns:
+            raise KeyError(
+                f"replicate_expression='own_batch' decodes each cell in its batch, but "
+                f"adata.obs has no batch column {batch_key!r}. Add it, or pass "
+                "replicate_expression='batch_free'."
+            )
+        n_batches = adata.obs.groupby(replicate_key, observed=True)[batch_key].nunique()
+        spread = n_batches[n_batches > 1]
+        if len(spread):
+            raise ValueError(
+                f"replicate_expression='own_batch' needs each replicate within one batch, but "
+                f"{len(spread)} values of adata.obs[{replicate_key!r}] span several batches of "
+                f"{batch_key!r} (e.g. {list(spread.index[:3])}), so the batch would not cancel "
+                "within a replicate. Pass replicate_expression='batch_free'."
+            )
+
     def _check_genes_for(self, adata: AnnData) -> None:
         from ._query import check_genes
 
@@ -337,17 +378,21 @@ class DifferentialExpressionMixin:
             tables.append(_finish(table, g, reference, "proba_de", ascending=False))
         return tables
 
-    def _replicate_sums(self, adata, labels, replicates, cells, batch, batch_size):
-        """Per (replicate, group) cell counts, sums and sums of squares of cp10k expression."""
+    def _replicate_sums(self, adata, labels, replicates, cells, batch, observed, batch_size):
+        """Per (replicate, group) cell counts, sums and sums of squares of cp10k expression.
+
+        ``observed=True``: each cell in its own batch (``batch`` unused).
+        """
         where, keys = pd.MultiIndex.from_arrays([replicates[cells], labels[cells]]).factorize()
         n_genes = self.adata.n_vars
         sums = np.zeros((len(keys), n_genes))
         squares = np.zeros((len(keys), n_genes))
         counts = np.bincount(where, minlength=len(keys))
         start = 0
-        for _, values in self.iter_counterfactual_expression(
-            adata, batch=batch, indices=cells, library_size=_CP10K, batch_size=batch_size
-        ):
+        chunks = self._stream_expression(
+            adata, cells, None, _CP10K, batch_size, batch, observed=observed
+        )
+        for _, values in chunks:
             part = where[start : start + len(values)]
             start += len(values)
             values = values.astype(np.float64)
@@ -368,6 +413,7 @@ class DifferentialExpressionMixin:
         groups,
         reference,
         batch,
+        observed,
         delta,
         fdr_target,
         min_per_replicate,
@@ -380,7 +426,7 @@ class DifferentialExpressionMixin:
         if reference is not None:
             cells = np.flatnonzero(np.isin(labels, [*groups, reference]))
         keys, counts, sums, squares = self._replicate_sums(
-            adata, labels, replicates, cells, batch, batch_size
+            adata, labels, replicates, cells, batch, observed, batch_size
         )
         key_rep = keys.get_level_values(0).to_numpy()
         key_group = keys.get_level_values(1).to_numpy()
@@ -464,7 +510,7 @@ def _finish(table: pd.DataFrame, g, reference, sort_by: str, ascending: bool) ->
 
 
 def rank_genes_groups_record(
-    result: pd.DataFrame, groupby: str, reference, fdr_target: float, replicate_key, batch
+    result: pd.DataFrame, groupby: str, reference, fdr_target: float, replicate_key, expression
 ) -> dict[str, Any]:
     """Results in the layout of ``adata.uns['rank_genes_groups']`` (scanpy).
 
@@ -496,7 +542,7 @@ def rank_genes_groups_record(
             "use_raw": False,
             "layer": "None",
             "corr_method": "benjamini-hochberg" if replicate_key is not None else "posterior",
-            "expression": "batch-free (Z = 0)" if batch is None else f"as batch {batch}",
+            "expression": expression,
             "fdr_target": fdr_target,
         }
     }

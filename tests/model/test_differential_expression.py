@@ -164,3 +164,24 @@ def test_benjamini_hochberg_matches_scipy():
     np.testing.assert_allclose(
         benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.2])), [0.04, 0.16 / 3, 0.16 / 3, 0.2]
     )
+
+
+def test_replicate_expression_choices_and_the_nesting_check(de_model):
+    compare = {"groupby": "condition", "group1": "stim", "group2": "ctrl", "silent": True}
+    own = de_model.differential_expression(replicate_key="donor", **compare)
+    free = de_model.differential_expression(
+        replicate_key="donor", replicate_expression="batch_free", **compare
+    )
+    assert not np.allclose(own.loc[free.index, "lfc_mean"], free["lfc_mean"])
+    # Own-batch decoding keeps donor-to-donor differences that Z = 0 averages away.
+    assert own["tau"].mean() > free["tau"].mean()
+    adata = de_model.adata.copy()
+    adata.obs["pair"] = np.where(np.arange(adata.n_obs) % 2, "a", "b")  # spans every donor
+    before = snapshot(adata)
+    with pytest.raises(ValueError, match=r"span several batches .*replicate_expression='batch_"):
+        de_model.differential_expression(adata, replicate_key="pair", **compare)
+    with pytest.raises(ValueError, match="replicate_expression must be 'own_batch' or"):
+        de_model.differential_expression(
+            adata, replicate_key="donor", replicate_expression="raw", **compare
+        )
+    assert_unchanged(adata, before)
