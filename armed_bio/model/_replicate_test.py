@@ -63,10 +63,13 @@ def random_effects_test(lfc: np.ndarray, var: np.ndarray, delta: float) -> dict[
     tau2 = np.maximum(0.0, (q - (k - 1)) / np.maximum(c, 1e-300))
     ws = 1.0 / (var + tau2)
     pooled = (ws * lfc).sum(0) / ws.sum(0)
-    # HKSJ: the spread of the replicates' changes around the pooled one sets the scale,
-    # floored at the model-based variance (never narrower than the meta-analysis itself).
+    # HKSJ: the spread of the replicates' changes around the pooled one sets the scale. Not
+    # floored at the model-based variance: the floor ("modified" HKSJ) made the test far too
+    # conservative here (under the null 0-0.2 % of p-values below 0.05 against 3-9 % without
+    # it), because the decoded expression's cell-to-cell variance overstates the noise of a
+    # replicate's log fold change.
     spread = (ws * (lfc - pooled) ** 2).sum(0) / (k - 1)
-    se = np.sqrt(np.maximum(spread, 1.0) / ws.sum(0))
+    se = np.sqrt(np.maximum(spread, 1e-300) / ws.sum(0))
     t = pooled / se
     df = k - 1
     return {
