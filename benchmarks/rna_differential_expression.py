@@ -331,11 +331,7 @@ def report() -> None:
         ]
 
         def cell(kind: str, method: str, key: str, fmt: str) -> str:
-            vals = [
-                sims[k]["scores"][method].get(key)
-                for k in sims
-                if k.startswith(kind) and key in sims[k]["scores"][method]
-            ]
+            vals = [sims[k]["scores"].get(method, {}).get(key) for k in sims if k.startswith(kind)]
             vals = [v for v in vals if v is not None and not (isinstance(v, float) and np.isnan(v))]
             if not vals:
                 return "-"
