@@ -360,8 +360,7 @@ class DifferentialExpressionMixin:
         computation = DifferentialComputation(model_fn, None, manager)
         tables = []
         for g in track(groups, description="DE...", disable=silent or len(groups) < 2):
-            idx1 = np.flatnonzero(labels == g)
-            idx2 = np.flatnonzero(labels != g if reference is None else labels == reference)
+            idx1, idx2 = _pair(labels, g, reference)
             info = computation.get_bayes_factors(
                 idx1,
                 idx2,
@@ -461,8 +460,7 @@ class DifferentialExpressionMixin:
                 s1[keep], q1[keep], n1[keep], s2[keep], q2[keep], n2[keep], pseudocount
             )
             stats = random_effects_test(lfc, var, delta)
-            idx1 = np.flatnonzero(labels == g)
-            idx2 = np.flatnonzero(labels != g if reference is None else labels == reference)
+            idx1, idx2 = _pair(labels, g, reference)
             proba = stats["proba_de"]
             table = pd.DataFrame(
                 {
@@ -489,6 +487,12 @@ class DifferentialExpressionMixin:
             table[f"is_de_fdr_{fdr_target}"] = table["pvalue_adj"] < fdr_target
             tables.append(_finish(table, g, reference, "pvalue", ascending=True))
         return tables
+
+
+def _pair(labels: np.ndarray, g, reference) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of group ``g`` and of its reference (the rest when ``reference`` is None)."""
+    rest = labels != g if reference is None else labels == reference
+    return np.flatnonzero(labels == g), np.flatnonzero(rest)
 
 
 def _posterior_fdr_calls(proba_de: np.ndarray, fdr: float) -> np.ndarray:
