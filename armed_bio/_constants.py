@@ -16,3 +16,6 @@ UNS_KEY = "armed"
 
 # Counts are library-normalised to this total before log1p at the encoder input.
 NORMALISATION_TARGET = 1e4
+UMAP_SUFFIX = (
+    "_umap"  # .obsm["<embedding>_umap"]: its 2-D UMAP (tl.umap writes, pl.embeddings reads)
+)

@@ -9,14 +9,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
-from . import datasets, metrics, pl, pp, tl
+from . import datasets, pp, tl
+from ._figures import FIGURES, draw_rna_figures, score_table
 
 logger = logging.getLogger(__name__)
-
-FIGURES = ("umap", "training", "random_effects", "counterfactuals", "gene_layout", "scores")
 
 
 def run_demo(
@@ -44,34 +42,17 @@ def run_demo(
     train_kwargs = {} if max_epochs is None else {"max_epochs": max_epochs}
     model = tl.armed(adata, batch_key="batch", seed=seed, **train_kwargs)
     print(f"trained {model.train_params_['epochs_trained']} epochs")
-    scores = metrics.cluster_scores(
-        adata, ["X_pca", "X_armed_fe", "X_armed_re"], batch_key="batch", label_key="cell_type"
-    )
     # The same cell line (H1975, in every batch) seen in two batches.
     h1975 = adata.obs[adata.obs["cell_type"] == "H1975"]
     cells = list(h1975.groupby("batch", observed=True).head(1).index[[0, -1]])
-    figures = {
-        "umap": pl.embeddings(adata, color=["batch", "cell_type"], seed=seed),
-        "training": pl.training(model),
-        "random_effects": pl.random_effects(model),
-        "counterfactuals": pl.counterfactuals(model, adata, cells=cells),
-        "gene_layout": pl.gene_layout(model, adata, cells=cells, relative=True, seed=seed),
-        "scores": pl.metrics(scores),
-    }
-    for name, fig in figures.items():
-        fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
+    _, scores = draw_rna_figures(
+        model, adata, out, batch_key="batch", label_key="cell_type", cells=cells, seed=seed
+    )
     genes = model.get_gene_batch_variance()
     genes.head(50).to_csv(out / "most_batch_affected_genes.csv")
     scores.to_csv(out / "scores.csv")
     adata.write_h5ad(out / "cellbench_armed.h5ad")
-    table = scores[["silhouette_batch", "silhouette_label"]].rename(
-        columns={
-            "silhouette_batch": "batch silhouette (low = mixed)",
-            "silhouette_label": "cell-type silhouette (high = kept)",
-        }
-    )
-    print("\n" + table.round(3).to_string())
+    print("\n" + score_table(scores))
     print(f"\nmost batch-affected genes: {', '.join(genes.index[:8])}")
     print(
         f"\nwrote {out / 'cellbench_armed.h5ad'}, scores.csv, most_batch_affected_genes.csv "

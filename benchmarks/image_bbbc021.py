@@ -220,7 +220,7 @@ def part_counterfactual() -> None:
         )
         for p in plates
     ]
-    fig = ab.pl.image_counterfactuals(model, adata, cells, show=False)
+    fig = ab.pl.image_counterfactuals(model, adata, cells, return_fig=True)
     fig.savefig(RESULTS / "image_bbbc021_counterfactuals.png", dpi=120, bbox_inches="tight")
     # Does rendering as plate k apply plate k's intensity shift? DMSO crops only (the same
     # biology on every plate): the shift of each plate's real mean from the all-plate mean, vs

@@ -305,7 +305,7 @@ def real() -> None:
             }
         short = "kang" if name.startswith("kang") else "cellbench"
         ab.pl.differential_expression(
-            table, n_genes=4, save=RESULTS / f"rna_differential_expression_{short}.png"
+            table, n_genes=4, save=RESULTS / f"rna_differential_expression_{short}.png", show=False
         )
         print(name, json.dumps(result)[:400], flush=True)
         _save("real", name, result)

@@ -57,22 +57,26 @@ def render(name: str) -> None:
     model.train(seed=SEED, accelerator="cpu")
     model.write_to_adata()
     keys = ["X_pca", "X_armed_fe", "X_armed_re"]
+    ab.tl.umap(adata, keys, seed=SEED)
+    fig_kw = {"show": False, "return_fig": True}
     figs = {
-        "embeddings": ab.pl.embeddings(adata, color=["batch", "cell_type"], seed=SEED),
-        "training": ab.pl.training(model),
-        "random_effects": ab.pl.random_effects(model, n_genes=20),
+        "embeddings": ab.pl.embeddings(adata, color=["batch", "cell_type"], **fig_kw),
+        "training": ab.pl.training(model, **fig_kw),
+        "random_effects": ab.pl.random_effects(model, n_genes=20, **fig_kw),
     }
     label = adata.obs["cell_type"].value_counts().index[0]
     cells = one_cell_per_batch(adata, label)
-    figs["counterfactuals"] = ab.pl.counterfactuals(model, adata, cells=cells, n_genes=30)
-    figs["gene_layout"] = ab.pl.gene_layout(model, adata, cells=cells, n_genes=400, seed=SEED)
+    figs["counterfactuals"] = ab.pl.counterfactuals(model, adata, cells=cells, n_genes=30, **fig_kw)
+    figs["gene_layout"] = ab.pl.gene_layout(
+        model, adata, cells=cells, n_genes=400, seed=SEED, **fig_kw
+    )
     figs["gene_layout_relative"] = ab.pl.gene_layout(
-        model, adata, cells=cells, n_genes=400, relative=True, seed=SEED
+        model, adata, cells=cells, n_genes=400, relative=True, seed=SEED, **fig_kw
     )
     scores = ab.metrics.cluster_scores(adata, keys, "batch", "cell_type")
-    figs["cluster_scores"] = ab.pl.metrics(scores)
+    figs["cluster_scores"] = ab.pl.metrics(scores, **fig_kw)
     scib = ab.metrics.scib(adata, keys, "batch", "cell_type", n_sample=3000, seed=SEED)
-    figs["scib"] = ab.pl.metrics(scib)
+    figs["scib"] = ab.pl.metrics(scib, **fig_kw)
     for fig_name, fig in figs.items():
         fig.savefig(out / f"{fig_name}.png", dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -84,3 +84,63 @@ def test_fit_bad_batch_key_fails_clearly_and_writes_nothing(tmp_path):
     assert "batch_key 'plate' is not a column of adata.obs" in proc.stderr
     assert not (tmp_path / "out.h5ad").exists()
     assert _digest(src) == before
+
+
+def test_fit_prints_a_summary_then_plot_draws_the_demo_figures(tmp_path):
+    src = tmp_path / "sim.h5ad"
+    ab.datasets.simulate_counts(n_cells=240, n_genes=40).write_h5ad(src)
+    fitted, model_dir, figures = tmp_path / "out.h5ad", tmp_path / "model", tmp_path / "figs"
+    args = ["--batch-key", "batch", "--labels-key", "cell_type", "--max-epochs", "3"]
+    proc = run(
+        ["fit", str(src), str(fitted), *args, "--model-dir", str(model_dir), "--threads", "1"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fit: 240 cells x 40 genes, 3 batches in 'batch'" in proc.stdout
+    assert "trained 3 epochs" in proc.stdout
+    assert "batch silhouette (low = mixed)" in proc.stdout
+    assert "X_armed_fe" in proc.stdout
+    # Not a terminal here: no progress bar in the captured output.
+    assert "Epoch 1/3" not in proc.stdout + proc.stderr
+    before = _digest(fitted)
+    proc = run(
+        ["plot", str(fitted), "--model-dir", str(model_dir), "--out", str(figures)], tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in DEMO_FIGURES:
+        assert (figures / f"{name}.png").stat().st_size > 5_000, name
+    assert f"wrote {len(DEMO_FIGURES)} figures" in proc.stdout
+    assert _digest(fitted) == before  # plot reads the file, never writes it
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_file", "is not a file; pass the path of an .h5ad file"),
+        ("not_fitted", "has no uns['armed'] record"),
+        ("no_model", "model.pt"),
+        ("bad_label", "--label-key 'tissue' is not a column of adata.obs"),
+    ],
+)
+def test_plot_bad_input_is_one_line_and_exit_status_2(tmp_path, case, message):
+    adata = ab.datasets.simulate_counts(n_cells=120, n_genes=30)
+    path, model_dir = tmp_path / "x.h5ad", tmp_path / "model"
+    if case in ("no_model", "bad_label"):
+        ab.model.ArmedRNA.setup_anndata(adata, batch_key="batch")
+        model = ab.model.ArmedRNA(adata, seed=0)
+        model.train(max_epochs=1, accelerator="cpu", enable_progress_bar=False)
+        model.write_to_adata()
+        if case == "bad_label":
+            model.save(model_dir)
+    if case != "missing_file":
+        adata.write_h5ad(path)
+    extra = ["--label-key", "tissue"] if case == "bad_label" else []
+    proc = run(
+        ["plot", str(path), "--model-dir", str(model_dir), "--out", str(tmp_path / "f"), *extra],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("armed-bio: error: ")
+    assert message in line
+    assert not (tmp_path / "f").exists()

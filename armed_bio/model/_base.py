@@ -640,10 +640,22 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         adata: AnnData | None = None,
         fe_key: str = FE_OBSM_KEY,
         re_key: str = RE_OBSM_KEY,
+        uns_key: str = UNS_KEY,
     ) -> AnnData:
-        """Write the FE/RE latents to ``.obsm`` and a record of the run to ``.uns["armed"]``.
+        """Write the FE/RE latents to ``.obsm`` and a record of the run to ``.uns[uns_key]``.
 
-        Returns the AnnData written to (the training AnnData by default).
+        Parameters
+        ----------
+        adata
+            AnnData to write to (default: the training AnnData).
+        fe_key, re_key
+            ``.obsm`` keys of the fixed- and random-effects latents.
+        uns_key
+            ``.uns`` key of the run record (set-up, parameters, training, the obsm keys).
+
+        Returns
+        -------
+        The AnnData written to.
         """
         adata = self.adata if adata is None else adata
         # Every latent is computed and checked before anything is written.
@@ -655,7 +667,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         for key, values in latents.items():
             check.check_finite_output(values, "The latent", f"adata.obsm[{key!r}]")
         adata.obsm.update(latents)
-        adata.uns[UNS_KEY] = self._uns_record(obsm_keys)
+        adata.uns[uns_key] = self._uns_record(obsm_keys)
         return adata
 
     def _uns_record(self, obsm_keys: dict[str, str]) -> dict[str, Any]:

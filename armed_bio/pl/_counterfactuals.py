@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from matplotlib.figure import Figure
 
 from .._validation import check_anndata, get_matrix
 from ..pp._normalise import log_normalised
@@ -75,9 +75,10 @@ def counterfactuals(
     cells: Sequence | None = None,
     genes: Sequence[str] | None = None,
     n_genes: int = 25,
-    show: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool = False,
+) -> Any:
     """Heatmaps of chosen cells as measured, batch-free, and as if in each batch.
 
     One panel per cell: rows are the observed expression, the batch-free (fixed-effects,
@@ -98,8 +99,10 @@ def counterfactuals(
         Genes to show (default: the most batch-affected ``n_genes``).
     n_genes
         Number of most batch-affected genes when ``genes`` is None.
-    show, save
-        Show the figure; save it to this path.
+    show, save, return_fig
+        As in scanpy: ``return_fig=True`` returns the Figure; otherwise the figure is shown
+        (``show=None`` follows ``scanpy.settings.autoshow``) and ``None`` is returned, or,
+        with ``show=False``, its axes are. ``save`` writes it to this path (any format).
     """
     _require_counterfactual_model(model)
     adata = model.adata if adata is None else check_anndata(adata)
@@ -133,7 +136,7 @@ def counterfactuals(
         else:
             ax.set_xticks([])
     fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="log1p expression per 10k")
-    return finish(fig, show, save, tight=False)
+    return finish(fig, axes, show, save, return_fig, tight=False)
 
 
 def gene_layout(
@@ -145,9 +148,10 @@ def gene_layout(
     grid: pd.DataFrame | None = None,
     relative: bool = False,
     seed: int = 0,
-    show: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool = False,
+) -> Any:
     """Show "the same cell in every batch" as images: each gene a pixel, correlated genes adjacent.
 
     Genes are placed on a grid by :func:`armed_bio.tl.gene_grid` (correlation -> 2-D MDS ->
@@ -173,8 +177,10 @@ def gene_layout(
         colours) instead of log1p expression.
     seed
         Seed of the cell subsample of :func:`~armed_bio.tl.gene_grid`.
-    show, save
-        Show the figure; save it to this path.
+    show, save, return_fig
+        As in scanpy: ``return_fig=True`` returns the Figure; otherwise the figure is shown
+        (``show=None`` follows ``scanpy.settings.autoshow``) and ``None`` is returned, or,
+        with ``show=False``, its axes are. ``save`` writes it to this path (any format).
     """
     _require_counterfactual_model(model)
     adata = model.adata if adata is None else check_anndata(adata)
@@ -219,4 +225,4 @@ def gene_layout(
                 ax.set_ylabel(_cell_title(adata, model, pos).replace(" | ", "\n"), fontsize=7)
     label = "log2 FC vs batch-free" if relative else "log1p expression per 10k"
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label=label)
-    return finish(fig, show, save, tight=False)
+    return finish(fig, axes, show, save, return_fig, tight=False)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from ._utils import finish
 
@@ -30,9 +30,10 @@ def differential_expression(
     results: pd.DataFrame,
     n_genes: int = 5,
     max_panels: int = 12,
-    show: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool = False,
+) -> Any:
     """Volcano plots of each comparison and a heatmap of each group's top genes.
 
     Parameters
@@ -44,8 +45,10 @@ def differential_expression(
         up-regulated called genes, by ``lfc_mean / lfc_std``).
     max_panels
         Most volcanoes drawn (the first comparisons).
-    show, save
-        Show the figure; save it to this path.
+    show, save, return_fig
+        As in scanpy: ``return_fig=True`` returns the Figure; otherwise the figure is shown
+        (``show=None`` follows ``scanpy.settings.autoshow``) and ``None`` is returned, or,
+        with ``show=False``, its axes are. ``save`` writes it to this path (any format).
 
     The heatmap shows each group's mean expression (``scale1``; for one comparison also the
     reference's ``scale2``) as log2 counts per 10k, standardised per gene across the rows.
@@ -99,4 +102,4 @@ def differential_expression(
     ax.set_yticks(range(len(rows)), list(rows), fontsize=7)
     ax.set_title("top genes per group (z of log2 cp10k)", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
-    return finish(fig, show, save)
+    return finish(fig, fig.axes, show, save, return_fig)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-import scanpy as sc
 from anndata import AnnData
-from matplotlib.figure import Figure
+from matplotlib.axes import Axes
 
+from .._constants import UMAP_SUFFIX
 from .._validation import check_anndata, check_obs_keys, check_obsm_keys
-from ._utils import category_colors, finish
+from ._utils import category_colors, finish, one_panel
 
 _TITLES = {
     "X_pca": "uncorrected (PCA)",
@@ -21,28 +22,35 @@ _TITLES = {
 }
 
 
-def umap_of(adata: AnnData, obsm_key: str, seed: int = 0) -> np.ndarray:
-    """2-D UMAP of one embedding, cached in ``adata.obsm[f"{obsm_key}_umap"]``."""
-    cache = f"{obsm_key}_umap"
-    if cache not in adata.obsm:
-        tmp = AnnData(obs=adata.obs[[]].copy(), obsm={"rep": np.asarray(adata.obsm[obsm_key])})
-        sc.pp.neighbors(tmp, use_rep="rep", random_state=seed)
-        sc.tl.umap(tmp, random_state=seed)
-        adata.obsm[cache] = tmp.obsm["X_umap"]
-    return adata.obsm[cache]
+def layout_of(adata: AnnData, obsm_key: str) -> np.ndarray:
+    """The 2-D layout drawn for one embedding: its UMAP, or the embedding itself if 2-D."""
+    umap_key = obsm_key + UMAP_SUFFIX
+    if umap_key in adata.obsm:
+        return np.asarray(adata.obsm[umap_key])
+    values = np.asarray(adata.obsm[obsm_key])
+    if values.ndim == 2 and values.shape[1] == 2:
+        return values
+    raise KeyError(
+        f"adata.obsm has no {umap_key!r} to draw {obsm_key!r} with. Compute it first with "
+        f"`armed_bio.tl.umap(adata, [{obsm_key!r}])` (plots do not write into the AnnData), "
+        "or pass a 2-D embedding such as scanpy's 'X_umap'."
+    )
 
 
 def embeddings(
     adata: AnnData,
     color: Sequence[str],
     obsm_keys: Sequence[str] = ("X_pca", "X_armed_fe", "X_armed_re"),
-    seed: int = 0,
-    show: bool = False,
+    ax: Axes | None = None,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool = False,
+) -> Any:
     """UMAPs of several embeddings (columns) coloured by each ``color`` key (rows).
 
-    Neighbours and UMAP are computed when missing and cached as ``.obsm["<key>_umap"]``.
+    Each embedding is drawn from its UMAP in ``.obsm["<key>_umap"]``, computed beforehand by
+    :func:`armed_bio.tl.umap` (a 2-D embedding such as scanpy's ``X_umap`` is drawn as it is).
+    The AnnData is not written to.
 
     Parameters
     ----------
@@ -52,25 +60,34 @@ def embeddings(
         ``adata.obs`` columns, one row of panels each (e.g. ``["batch", "cell_type"]``).
     obsm_keys
         Embeddings, one column each.
-    seed
-        Seed of neighbours/UMAP.
-    show
-        Call ``plt.show()``.
-    save
-        Path to save the figure to.
+    ax
+        Axes to draw on, for one embedding and one ``color`` key.
+    show, save, return_fig
+        As in scanpy: ``return_fig=True`` returns the Figure; otherwise the figure is shown
+        (``show=None`` follows ``scanpy.settings.autoshow``) and ``None`` is returned, or,
+        with ``show=False``, its axes are. ``save`` writes it to this path (any format).
     """
     check_anndata(adata)
     color = [color] if isinstance(color, str) else list(color)
     obsm_keys = check_obsm_keys(adata, obsm_keys)
     check_obs_keys(adata, color, what="color keys")
-    fig, axes = plt.subplots(
-        len(color),
-        len(obsm_keys),
-        figsize=(4.2 * len(obsm_keys), 3.8 * len(color)),
-        squeeze=False,
-    )
-    for j, key in enumerate(obsm_keys):
-        xy = umap_of(adata, key, seed)
+    layouts = [layout_of(adata, key) for key in obsm_keys]
+    if ax is not None:
+        if len(color) * len(obsm_keys) != 1:
+            raise ValueError(
+                f"ax= draws one panel, but {len(obsm_keys)} embeddings x {len(color)} color keys "
+                "were asked for; pass one of each, or leave ax=None for a grid."
+            )
+        fig, ax, _ = one_panel(ax, (4.2, 3.8))
+        axes = np.array([[ax]])
+    else:
+        fig, axes = plt.subplots(
+            len(color),
+            len(obsm_keys),
+            figsize=(4.2 * len(obsm_keys), 3.8 * len(color)),
+            squeeze=False,
+        )
+    for j, (key, xy) in enumerate(zip(obsm_keys, layouts, strict=True)):
         for i, col in enumerate(color):
             ax = axes[i, j]
             cats = adata.obs[col].astype("category")
@@ -94,4 +111,6 @@ def embeddings(
                     markerscale=2.5,
                     frameon=False,
                 )
-    return finish(fig, show, save)
+    return finish(
+        fig, axes[0, 0] if ax is not None else axes, show, save, return_fig, tight=ax is None
+    )

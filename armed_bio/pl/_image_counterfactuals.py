@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 from anndata import AnnData
-from matplotlib.figure import Figure
 
 from .._validation import check_anndata
 from ._utils import cell_positions, finish, quiet_routes
@@ -34,9 +34,10 @@ def image_counterfactuals(
     adata: AnnData | None = None,
     cells: Sequence[int | str] | int | str = (0,),
     channels: Sequence[int] | None = None,
-    show: bool = True,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool = False,
+) -> Any:
     """Each cell as imaged: observed, rendered as every training plate, and batch-free.
 
     Parameters
@@ -50,8 +51,10 @@ def image_counterfactuals(
     channels
         Up to three channel indices shown as red, green, blue (one: grey); default the first
         three.
-    show, save
-        Show the figure; save it to this path.
+    show, save, return_fig
+        As in scanpy: ``return_fig=True`` returns the Figure; otherwise the figure is shown
+        (``show=None`` follows ``scanpy.settings.autoshow``) and ``None`` is returned, or,
+        with ``show=False``, its axes are. ``save`` writes it to this path (any format).
 
     Returns
     -------
@@ -109,4 +112,4 @@ def image_counterfactuals(
                     spine.set_linewidth(2)
         axes[i, 0].set_ylabel(f"{adata.obs_names[positions[i]][:18]}\n({own[i]})", fontsize=6)
     fig.suptitle("Counterfactual images (red frame: the plate the cell was imaged on)", fontsize=8)
-    return finish(fig, show, save)
+    return finish(fig, axes, show, save, return_fig)

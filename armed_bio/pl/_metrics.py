@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+from matplotlib.axes import Axes
 
-from ._utils import finish
+from ._utils import finish, one_panel
 
 TIDY_COLUMNS = {"embedding", "metric", "value"}
 
@@ -36,9 +37,11 @@ def _wide(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series | None]:
 def metrics(
     table: pd.DataFrame,
     lower_is_better: list[str] | None = None,
-    show: bool = False,
+    ax: Axes | None = None,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool = False,
+) -> Any:
     """Scores of several embeddings side by side: a heatmap coloured by rank within metric.
 
     Each column is coloured by the embeddings' rank, from worst (light) to best (dark), so
@@ -52,8 +55,12 @@ def metrics(
     lower_is_better
         Metrics where lower is better. Default: the ``*_batch`` columns of
         ``cluster_scores`` (batch separation should be low); none for scib.
-    show, save
-        Show the figure; save it to this path.
+    ax
+        Axes to draw on (default: a new figure sized to the table).
+    show, save, return_fig
+        As in scanpy: ``return_fig=True`` returns the Figure; otherwise the figure is shown
+        (``show=None`` follows ``scanpy.settings.autoshow``) and ``None`` is returned, or,
+        with ``show=False``, its axes are. ``save`` writes it to this path (any format).
     """
     if not isinstance(table, pd.DataFrame) or table.empty:
         raise ValueError("metrics() needs a non-empty DataFrame of scores.")
@@ -69,7 +76,7 @@ def metrics(
     goodness = (ranks - 1.0) / max(len(wide) - 1, 1)
     flip = np.array([c in lower_is_better for c in wide.columns])
     goodness[:, flip] = 1.0 - goodness[:, flip]
-    fig, ax = plt.subplots(figsize=(1.0 * wide.shape[1] + 2.5, 0.5 * wide.shape[0] + 1.8))
+    fig, ax, new = one_panel(ax, (1.0 * wide.shape[1] + 2.5, 0.5 * wide.shape[0] + 1.8))
     ax.imshow(goodness, cmap="Blues", vmin=-0.15, vmax=1.15, aspect="auto")
     for (i, j), v in np.ndenumerate(values):
         ax.text(
@@ -95,4 +102,4 @@ def metrics(
         "\u2193 lower is better)",
         fontsize=9,
     )
-    return finish(fig, show, save)
+    return finish(fig, ax, show, save, return_fig, tight=new)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
 
 from ._utils import category_colors, finish
 
@@ -14,9 +14,10 @@ from ._utils import category_colors, finish
 def random_effects(
     model,
     n_genes: int = 20,
-    show: bool = False,
+    show: bool | None = None,
     save: str | Path | None = None,
-) -> Figure:
+    return_fig: bool = False,
+) -> Any:
     """How strongly each batch departs from the fixed effects, and where.
 
     Left: per batch and random-effect layer, the root-mean-square of the posterior means
@@ -30,8 +31,10 @@ def random_effects(
         A trained :class:`~armed_bio.model.ArmedRNA` with random effects.
     n_genes
         Number of most batch-affected genes on the right.
-    show, save
-        Show the figure; save it to this path.
+    show, save, return_fig
+        As in scanpy: ``return_fig=True`` returns the Figure; otherwise the figure is shown
+        (``show=None`` follows ``scanpy.settings.autoshow``) and ``None`` is returned, or,
+        with ``show=False``, its axes are. ``save`` writes it to this path (any format).
     """
     if not hasattr(model, "get_random_effects"):
         raise TypeError(f"{type(model).__name__} has no random effects to plot.")
@@ -92,4 +95,4 @@ def random_effects(
     ax_r.invert_yaxis()
     ax_r.set_xlabel("output offset (log fold change vs fixed effects), mean +/- s.d.")
     ax_r.set_title(f"{len(top)} most batch-affected genes", fontsize=10)
-    return finish(fig, show, save)
+    return finish(fig, np.array([ax_l, ax_r]), show, save, return_fig)

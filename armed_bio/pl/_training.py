@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from matplotlib.figure import Figure
 
 from ._utils import finish
 
@@ -39,7 +39,12 @@ PANELS = (
 )
 
 
-def training(model, show: bool = False, save: str | Path | None = None) -> Figure:
+def training(
+    model,
+    show: bool | None = None,
+    save: str | Path | None = None,
+    return_fig: bool = False,
+) -> Any:
     """Loss curves per epoch, and the adversary's batch accuracy against chance.
 
     The adversary tries to tell the batch from the fixed-effects latent; an accuracy near
@@ -50,8 +55,10 @@ def training(model, show: bool = False, save: str | Path | None = None) -> Figur
     ----------
     model
         A trained model (``model.history`` as recorded by scvi-tools).
-    show, save
-        Show the figure; save it to this path.
+    show, save, return_fig
+        As in scanpy: ``return_fig=True`` returns the Figure; otherwise the figure is shown
+        (``show=None`` follows ``scanpy.settings.autoshow``) and ``None`` is returned, or,
+        with ``show=False``, its axes are. ``save`` writes it to this path (any format).
     """
     history = getattr(model, "history", None)
     if not history:
@@ -78,4 +85,4 @@ def training(model, show: bool = False, save: str | Path | None = None) -> Figur
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=6.5, frameon=False)
-    return finish(fig, show, save)
+    return finish(fig, axes[0], show, save, return_fig)

@@ -1,4 +1,4 @@
-"""What every plot does at the end: save, show, return the figure (scanpy style)."""
+"""What every plot shares: its ending (save, show, return; scanpy style), colours, cells."""
 
 from __future__ import annotations
 
@@ -6,23 +6,51 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+import scanpy as sc
 from anndata import AnnData
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 
-def finish(fig: Figure, show: bool, save: str | Path | None, tight: bool = True) -> Figure:
-    """Lay out ``fig``, save it to ``save`` (any matplotlib format), show it if asked."""
+def finish(
+    fig: Figure,
+    axes: Any,
+    show: bool | None,
+    save: str | Path | None,
+    return_fig: bool,
+    tight: bool = True,
+) -> Any:
+    """End a plot as scanpy does: save it, then return the figure, show it, or return its axes.
+
+    ``save`` (any matplotlib format) is always honoured. ``return_fig=True`` returns the
+    Figure; otherwise ``show`` (``None``: ``scanpy.settings.autoshow``) calls ``plt.show()``
+    and returns ``None``, and ``show=False`` returns the axes drawn on.
+    """
     if tight:
         fig.tight_layout()
     if save is not None:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(save, dpi=120, bbox_inches="tight")
-    if show:
+    if return_fig:
+        return fig
+    if sc.settings.autoshow if show is None else show:
         plt.show()
-    return fig
+        return None
+    return axes
+
+
+def one_panel(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes, bool]:
+    """The figure and axes to draw one panel on: ``ax``'s, or new ones (and whether new)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax, True
+    if not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}.")
+    return ax.figure, ax, False
 
 
 def category_colors(n: int) -> list:

@@ -10,7 +10,7 @@ from anndata import AnnData
 from .._arguments import check_arguments, check_plan_kwargs
 from .._validation import check_anndata, check_likelihood, get_matrix, matrix_name
 from ..model import ArmedRNA
-from ..model._base import RENAMED_ARGUMENTS
+from ..model._base import RENAMED_ARGUMENTS, _h5ad_safe
 from ..module import ArmedVAEModule
 
 # Keyword arguments that go to the model (its own and its module's); the rest go to train().
@@ -27,10 +27,11 @@ def armed(
     layer: str | None = None,
     labels_key: str | None = None,
     *,
+    key_added: str = "armed",
     seed: int = 0,
     **kwargs: Any,
 ) -> ArmedRNA:
-    """Fit :class:`~armed_bio.model.ArmedRNA` and write ``X_armed_fe``/``X_armed_re``.
+    """Fit :class:`~armed_bio.model.ArmedRNA` and write its latents into ``adata``.
 
     Parameters
     ----------
@@ -42,6 +43,11 @@ def armed(
         Layer with the counts; ``None`` uses ``.X``.
     labels_key
         Optional ``adata.obs`` column of cell labels.
+    key_added
+        Name of this run: the latents go to ``.obsm[f"X_{key_added}_fe"]`` and
+        ``.obsm[f"X_{key_added}_re"]``, the record of the run (this call's arguments, the
+        model's parameters and its training) to ``.uns[key_added]``. A second run under
+        another name leaves the first in place.
     seed
         Seed for initialisation and training.
     **kwargs
@@ -51,9 +57,12 @@ def armed(
     Returns
     -------
     The trained model. ``adata`` gains ``.obsm["X_armed_fe"]``, ``.obsm["X_armed_re"]``
-    (when the mode has random effects) and ``.uns["armed"]``.
+    (when the mode has random effects) and ``.uns["armed"]`` (with the default
+    ``key_added``).
     """
     check_anndata(adata)
+    if not isinstance(key_added, str) or not key_added.strip():
+        raise ValueError(f"armed: key_added must be a non-empty string, got {key_added!r}.")
     model_kwargs = {k: v for k, v in kwargs.items() if k in _MODEL_ARGS}
     train_kwargs = {k: v for k, v in kwargs.items() if k not in _MODEL_ARGS}
     # Every numeric argument is checked before setup_anndata registers anything in `adata`.
@@ -66,5 +75,9 @@ def armed(
     ArmedRNA.setup_anndata(adata, layer=layer, batch_key=batch_key, labels_key=labels_key)
     model = ArmedRNA(adata, seed=seed, **model_kwargs)
     model.train(seed=seed, **train_kwargs)
-    model.write_to_adata(adata)
+    model.write_to_adata(
+        adata, fe_key=f"X_{key_added}_fe", re_key=f"X_{key_added}_re", uns_key=key_added
+    )
+    call = {"batch_key": batch_key, "layer": layer, "labels_key": labels_key, "seed": seed}
+    adata.uns[key_added]["call"] = _h5ad_safe({**call, **kwargs})
     return model

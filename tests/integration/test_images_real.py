@@ -59,7 +59,9 @@ def test_autoencoder_renders_real_crops_as_each_plate(bbbc021, tmp_path):
     model.train(max_epochs=3, seed=0, **FAST)
     model.write_to_adata()
     assert adata.obsm["X_armed_re"].shape == (adata.n_obs, 8)
-    fig = ab.pl.image_counterfactuals(model, cells=[0, 300], show=False, save=tmp_path / "cf.png")
+    fig = ab.pl.image_counterfactuals(
+        model, cells=[0, 300], save=tmp_path / "cf.png", return_fig=True
+    )
     assert len(fig.axes) == 2 * 6
     free = model.get_counterfactual_images(indices=[0, 1])
     assert free.shape == (2, 3, 68, 68)

@@ -50,7 +50,7 @@ def test_scib_tidy_table_on_real_cells(kang, tmp_path):
     assert set(kang.obsm) == before[0]
     assert list(kang.obs.columns) == before[1]
     assert (kang.X != before[2]).nnz == 0
-    fig = ab.pl.metrics(table, save=tmp_path / "scib.png")
+    fig = ab.pl.metrics(table, save=tmp_path / "scib.png", return_fig=True)
     assert len(fig.axes[0].patches) == 3  # the three aggregate columns are outlined
     plt.close(fig)
 

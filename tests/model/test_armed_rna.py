@@ -210,3 +210,22 @@ def test_default_epochs_target_steps():
     assert default_max_epochs(8684, 128) == 25
     assert default_max_epochs(1_000_000, 128) == 1
     assert default_max_epochs(10, 128) == 500  # capped
+
+
+def test_tl_armed_runs_are_kept_apart_by_key_added(sim):
+    first = ab.tl.armed(sim, batch_key="batch", max_epochs=2, **FAST)
+    fe_first = sim.obsm["X_armed_fe"].copy()
+    ab.tl.armed(sim, batch_key="batch", key_added="armed_small", n_latent=4, max_epochs=2, **FAST)
+    # The second run leaves the first in place.
+    np.testing.assert_array_equal(sim.obsm["X_armed_fe"], fe_first)
+    assert sim.obsm["X_armed_small_fe"].shape == (sim.n_obs, 4)
+    assert "X_armed_small_re" in sim.obsm
+    record = sim.uns["armed_small"]
+    assert record["obsm_keys"] == {"fe": "X_armed_small_fe", "re": "X_armed_small_re"}
+    assert record["call"]["n_latent"] == 4
+    assert record["call"]["batch_key"] == "batch"
+    assert record["params"]["n_latent"] == 4
+    assert sim.uns["armed"]["obsm_keys"] == {"fe": "X_armed_fe", "re": "X_armed_re"}
+    assert sim.uns["armed"]["params"] == first.run_record()["params"]
+    with pytest.raises(ValueError, match="key_added must be a non-empty string"):
+        ab.tl.armed(sim, batch_key="batch", key_added="", max_epochs=1)

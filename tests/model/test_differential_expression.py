@@ -96,7 +96,7 @@ def test_the_plot_draws_volcanoes_and_a_heatmap(de_model, tmp_path):
     table = de_model.differential_expression(
         groupby="cell_type", replicate_key="donor", silent=True
     )
-    fig = ab.pl.differential_expression(table, n_genes=3, save=tmp_path / "de.png")
+    fig = ab.pl.differential_expression(table, n_genes=3, save=tmp_path / "de.png", return_fig=True)
     assert isinstance(fig, Figure)
     assert (tmp_path / "de.png").stat().st_size > 0
     titles = [ax.get_title() for ax in fig.axes]

@@ -112,7 +112,7 @@ def test_autoencoder_latents_and_counterfactual_images(image_autoencoder, crops)
 
 def test_image_counterfactual_figure(image_autoencoder, crops, tmp_path):
     fig = ab.pl.image_counterfactuals(
-        image_autoencoder, crops, cells=[0, 5], show=False, save=tmp_path / "cf.png"
+        image_autoencoder, crops, cells=[0, 5], save=tmp_path / "cf.png", return_fig=True
     )
     # observed + one column per plate + batch-free, for each of 2 cells
     assert len(fig.axes) == 2 * (1 + len(image_autoencoder.batch_categories_) + 1)

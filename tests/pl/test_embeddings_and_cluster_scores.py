@@ -53,13 +53,20 @@ def test_cluster_scores_bad_keys(embedded):
 
 
 def test_embeddings_plot_renders(embedded, tmp_path):
+    assert ab.tl.umap(embedded, ["X_one", "X_two"]) == ["X_one_umap", "X_two_umap"]
+    before = {k: v.copy() for k, v in embedded.obsm.items()}
     fig = ab.pl.embeddings(
-        embedded, color=["batch", "label"], obsm_keys=["X_one", "X_two"], save=tmp_path / "e.png"
+        embedded,
+        color=["batch", "label"],
+        obsm_keys=["X_one", "X_two"],
+        save=tmp_path / "e.png",
+        return_fig=True,
     )
     assert fig.axes[0].get_title() == "X_one"
     assert len(fig.axes) == 4
     assert (tmp_path / "e.png").stat().st_size > 5000
-    assert "X_one_umap" in embedded.obsm
+    # Plots do not write into the AnnData.
+    assert embedded.obsm.keys() == before.keys()
     plt.close(fig)
     with pytest.raises(KeyError, match="color keys"):
         ab.pl.embeddings(embedded, color=["plate"], obsm_keys=["X_one"])
