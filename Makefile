@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU torch first, pinned through a constraints file, so pip never pulls the CUDA build.
 PIP := PIP_CONSTRAINT=constraints.txt $(PY) -m pip install -q --disable-pip-version-check
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast lint format docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: lint
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
 
+# The documentation site (offline; warnings are errors): docs/_build/html/index.html.
+docs: setup
+	$(VENV)/bin/sphinx-build -q -W --keep-going -b html docs docs/_build/html
+
 lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
@@ -39,4 +43,4 @@ format: setup
 	$(VENV)/bin/ruff format $(LINTED)
 
 clean:
-	rm -rf $(VENV) demo_output
+	rm -rf $(VENV) demo_output docs/_build docs/tutorials docs/api/generated

@@ -41,3 +41,37 @@ def test_missing_placeholder_is_an_error():
 
     with pytest.raises(ValueError, match="placeholder"):
         module_parameters(Source)(type("Target", (), {"__doc__": "No placeholder."}))
+
+
+@pytest.mark.slow
+def test_docs_site_builds_offline_without_warnings(tmp_path):
+    """`make docs`: Sphinx with warnings as errors; API pages, tutorials and guides rendered."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    out = tmp_path / "html"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-q", "-W", "--keep-going", "-b", "html", docs, out],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.strip() == "", proc.stderr[-4000:]
+    pages = {p.relative_to(out).as_posix() for p in out.rglob("*.html")}
+    for page in (
+        "index.html",
+        "which_model.html",
+        "model.html",
+        "cli.html",
+        "tutorials/04_microscopy.html",
+        "api/generated/armed_bio.model.ArmedRNA.html",
+        "api/generated/armed_bio.tl.umap.html",
+    ):
+        assert page in pages, page
+    assert len([p for p in pages if p.startswith("tutorials/")]) == 5
+    api = (out / "api/generated/armed_bio.model.ArmedRNA.html").read_text()
+    assert "differential_expression" in api
+    assert "fe_reconstruction_weight" in api  # module parameters shown on the model's page

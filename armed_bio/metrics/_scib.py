@@ -70,8 +70,9 @@ def scib(
     -------
     Tidy DataFrame, one row per embedding x metric, columns ``embedding``, ``metric_type``
     (``"Batch correction"``, ``"Bio conservation"`` or ``"Aggregate score"``), ``metric``
-    and ``value``. Pivot with ``table.pivot(index="embedding", columns="metric",
-    values="value")`` or plot with :func:`armed_bio.pl.metrics`.
+    and ``value``. Pivot it to embeddings x metrics with
+    ``table.pivot(index="embedding", columns="metric", values="value")``, or plot it with
+    :func:`armed_bio.pl.metrics`.
     """
     benchmarker, batch_correction, bio_conservation = _benchmarker_classes()
     check_anndata(adata)
