@@ -23,6 +23,9 @@ def umap(
 
     Each embedding gets its own neighbour graph (scanpy's ``pp.neighbors`` and ``tl.umap`` on
     a throw-away AnnData), so the graphs in ``adata.obsp`` and ``adata.uns`` are left alone.
+    Neighbours are exact (scikit-learn), so the layout depends only on ``seed``; scanpy's
+    default for more than 8,192 cells, pynndescent, is approximate, and pynndescent 0.7 with
+    scanpy 1.11 fails there (``'csr_array' object has no attribute 'getnnz'``).
 
     Parameters
     ----------
@@ -47,7 +50,13 @@ def umap(
     layouts = {}
     for key in keys:
         tmp = AnnData(obs=adata.obs[[]].copy(), obsm={"rep": np.asarray(adata.obsm[key])})
-        sc.pp.neighbors(tmp, use_rep="rep", n_neighbors=n_neighbors, random_state=seed)
+        sc.pp.neighbors(
+            tmp,
+            use_rep="rep",
+            n_neighbors=n_neighbors,
+            transformer="sklearn",
+            random_state=seed,
+        )
         sc.tl.umap(tmp, random_state=seed)
         layouts[key + UMAP_SUFFIX] = tmp.obsm["X_umap"]
     adata.obsm.update(layouts)

@@ -72,3 +72,14 @@ def test_embeddings_plot_renders(embedded, tmp_path):
         ab.pl.embeddings(embedded, color=["plate"], obsm_keys=["X_one"])
     with pytest.raises(KeyError, match="obsm keys"):
         ab.pl.embeddings(embedded, color=["batch"], obsm_keys=["X_armed_re"])
+
+
+@pytest.mark.slow
+def test_umap_of_more_than_8192_cells():
+    """scanpy switches to pynndescent above 8,192 cells; tl.umap must work there too."""
+    n = 8300
+    adata = AnnData(np.zeros((n, 1), dtype=np.float32))
+    adata.obsm["X_lat"] = np.random.default_rng(0).normal(size=(n, 3))
+    assert ab.tl.umap(adata, "X_lat", n_neighbors=5) == ["X_lat_umap"]
+    assert adata.obsm["X_lat_umap"].shape == (n, 2)
+    assert np.isfinite(adata.obsm["X_lat_umap"]).all()
