@@ -76,7 +76,7 @@ def test_embeddings_plot_renders(embedded, tmp_path):
 
 @pytest.mark.slow
 def test_umap_of_more_than_8192_cells():
-    """scanpy switches to pynndescent above 8,192 cells; tl.umap must work there too."""
+    """Above 8,192 cells scanpy switches to pynndescent; tl.umap must work there too."""
     n = 8300
     adata = AnnData(np.zeros((n, 1), dtype=np.float32))
     adata.obsm["X_lat"] = np.random.default_rng(0).normal(size=(n, 3))
