@@ -8,6 +8,21 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 
+def detection_scores(n_true: int, n_found: int, n_matched: int) -> dict[str, float]:
+    """Counts, precision, recall and F1 of a one-to-one matching of found to true objects."""
+    precision = n_matched / n_found if n_found else 0.0
+    recall = n_matched / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n_true": n_true,
+        "n_found": n_found,
+        "n_matched": n_matched,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }
+
+
 def match_objects(
     found: pd.DataFrame,
     truth: pd.DataFrame,
@@ -55,17 +70,8 @@ def match_objects(
         ok = d[rows, cols] <= max_distance
         matched += int(ok.sum())
         dists.extend(d[rows, cols][ok].tolist())
-    n_true, n_found = len(truth), len(found)
-    precision = matched / n_found if n_found else 0.0
-    recall = matched / n_true if n_true else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "n_true": n_true,
-        "n_found": n_found,
-        "n_matched": matched,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
+        **detection_scores(len(truth), len(found), matched),
         "mean_distance": float(np.mean(dists)) if dists else float("nan"),
     }
 
@@ -113,16 +119,7 @@ def match_masks(
     iou = overlap / np.maximum(union, 1)
     iou = iou[f_ids != 0][:, t_ids != 0]
     n_found, n_true = iou.shape
-    matched = int((iou > iou_threshold).sum())
-    precision = matched / n_found if n_found else 0.0
-    recall = matched / n_true if n_true else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "n_true": n_true,
-        "n_found": n_found,
-        "n_matched": matched,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
+        **detection_scores(n_true, n_found, int((iou > iou_threshold).sum())),
         "mean_best_iou": float(iou.max(0).mean()) if n_true and n_found else 0.0,
     }

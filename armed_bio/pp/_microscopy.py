@@ -34,6 +34,18 @@ MORPHOLOGY = (
 )
 
 
+def without_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
+    """``mask`` without its connected objects of fewer than ``min_size`` pixels.
+
+    Written out rather than ``morphology.remove_small_objects``, whose arguments changed
+    between scikit-image versions.
+    """
+    objects = measure.label(mask)
+    keep = np.bincount(objects.ravel()) >= min_size
+    keep[0] = False
+    return keep[objects]
+
+
 def segment_nuclei(
     image: np.ndarray,
     channel: int = 0,
@@ -65,11 +77,7 @@ def segment_nuclei(
     if smooth.max() == smooth.min():
         return np.zeros(plane.shape, dtype=np.int32)
     mask = smooth > filters.threshold_otsu(smooth)
-    blobs = measure.label(mask)
-    sizes = np.bincount(blobs.ravel())
-    keep = sizes >= min_size  # same on every scikit-image version (remove_small_objects changed)
-    keep[0] = False
-    mask = keep[blobs]
+    mask = without_small_objects(mask, min_size)
     blobs = measure.label(mask)
     distance = ndi.distance_transform_edt(mask)
     peaks = feature.peak_local_max(
@@ -137,11 +145,7 @@ def segment_phase_contrast(
     mask = ndi.binary_closing(mask, morphology.disk(closing_radius))
     mask = ndi.binary_fill_holes(mask)
     mask = ndi.binary_opening(mask, morphology.disk(opening_radius))
-    labels = measure.label(mask)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_size
-    keep[0] = False
-    return measure.label(keep[labels]).astype(np.int32)
+    return measure.label(without_small_objects(mask, min_size)).astype(np.int32)
 
 
 SEGMENTERS = {"nuclei": segment_nuclei, "phase_contrast": segment_phase_contrast}
