@@ -10,6 +10,7 @@ import pandas as pd
 from anndata import AnnData
 
 from . import metrics, pl, tl
+from ._constants import UMAP_SUFFIX
 
 FIGURES = ("umap", "training", "random_effects", "counterfactuals", "gene_layout", "scores")
 
@@ -42,7 +43,7 @@ def draw_rna_figures(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     obsm_keys = [k for k in obsm_keys if k in adata.obsm]
-    missing = [k for k in obsm_keys if f"{k}_umap" not in adata.obsm]
+    missing = [k for k in obsm_keys if k + UMAP_SUFFIX not in adata.obsm]
     if missing:
         tl.umap(adata, missing, seed=seed)
     scores = metrics.cluster_scores(adata, obsm_keys, batch_key=batch_key, label_key=label_key)
