@@ -774,6 +774,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         saved = attrs.pop("module_arguments_", None)
         if saved is None:
             saved = cls._module_cls.defaults_before_0_3
+        saved = {**cls._module_cls.added_arguments, **saved}
         model = cls(adata, **{**saved, **arguments})
         for name, value in attrs.items():
             setattr(model, name, value)

@@ -55,7 +55,14 @@ class ArmedImageModule(ArmedImageModuleBase):
     conditional_adversary
         With labels, give the adversary each cell's label and use ``p(batch | label)`` as
         the confusion target: remove the batch, not the biology confounded with it.
+    decoder_upsampling
+        ``"transposed"``: the decoder upsamples with stride-2 transposed convolutions (4x
+        faster on CPU); ``"nearest"``: nearest-neighbour upsampling then a convolution, the
+        decoder of armed_bio 0.4 and earlier (their saved models load with it).
     """
+
+    #: Arguments added after 0.3 with the value that model files saved without them had.
+    added_arguments = {"decoder_upsampling": "nearest"}
 
     def __init__(
         self,
@@ -76,6 +83,7 @@ class ArmedImageModule(ArmedImageModuleBase):
         classification_weight: float = 1.0,
         augment: bool = True,
         conditional_adversary: bool = True,
+        decoder_upsampling: str = "transposed",
     ):
         check_arguments(locals(), type(self).__name__)
         super().__init__(
@@ -103,6 +111,7 @@ class ArmedImageModule(ArmedImageModuleBase):
             n_re,
             hidden_prior_sd,
             output_prior_sd,
+            decoder_upsampling,
         )
         if self.has_random_encoder:
             self.re_encoder = ConvEncoder(

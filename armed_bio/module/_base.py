@@ -128,6 +128,9 @@ class ArmedModuleBase(BaseModuleClass):
     #: Arguments whose default changed in 0.3.0, with their earlier defaults: models saved
     #: before 0.3.0 recorded only the arguments given, and load with these for the rest.
     defaults_before_0_3: dict[str, Any] = {}
+    #: Arguments added after 0.3, with the value that model files saved without them had
+    #: (the behaviour of those files), so old files load as they were trained.
+    added_arguments: dict[str, Any] = {}
     #: Whether the module builds a random-effects encoder in those modes.
     builds_random_encoder: bool = True
     #: Names of the decoder's per-output random scale and offset (for genes, the offset is a

@@ -15,6 +15,9 @@ from torch.nn import functional as F
 
 from ._random_effects import FiLM, RandomEffect
 
+#: How the decoder upsamples (see :class:`MixedEffectsConvDecoder`).
+UPSAMPLING = ("transposed", "nearest")
+
 
 def _groups(channels: int) -> int:
     """Largest of 8, 4, 2, 1 that divides ``channels``."""
@@ -105,11 +108,18 @@ def encoder_sizes(image_size: tuple[int, int], n_blocks: int) -> list[tuple[int,
 class MixedEffectsConvDecoder(nn.Module):
     """Decoder ``(z_FE, Z) -> image`` with FiLM random effects and a random per-channel output.
 
-    Hidden blocks: upsample to the matching encoder size, ``conv -> GroupNorm -> FiLM(Z) ->
-    SiLU``. Output: upsample to the image size, a 3 x 3 conv to the image channels, then a
-    random per-channel gain and offset, ``y * (1 + s(Z)) + o(Z)`` (plate-specific illumination
-    and contrast). ``Z = 0`` (``design=None``) gives the fixed-effects, batch-free image;
+    Hidden blocks: upsample to the matching encoder size, ``-> GroupNorm -> FiLM(Z) -> SiLU``.
+    Output: upsample to the image size and map to the image channels, then a random
+    per-channel gain and offset, ``y * (1 + s(Z)) + o(Z)`` (plate-specific illumination and
+    contrast). ``Z = 0`` (``design=None``) gives the fixed-effects, batch-free image;
     ``n_batch = 0`` gives a decoder without random effects.
+
+    ``upsampling="transposed"`` upsamples with a 4 x 4, stride-2 transposed convolution (the
+    adjoint of the encoder's stride-2 convolutions; even kernel overlap, so no checkerboard),
+    cropped to the encoder's size. ``"nearest"`` (armed_bio 0.4 and earlier) upsamples by
+    nearest neighbour, then applies a 3 x 3 convolution at the finer resolution: the same
+    receptive field at 2.25x the multiply-adds, and 3-4x the decoder's time in a training step
+    on CPU (``benchmarks/results/image_step_profile.md``).
     """
 
     def __init__(
@@ -121,9 +131,13 @@ class MixedEffectsConvDecoder(nn.Module):
         n_batch: int = 0,
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
+        upsampling: str = "transposed",
     ):
         super().__init__()
         channels = _check_channels(channels)
+        if upsampling not in UPSAMPLING:
+            raise ValueError(f"upsampling must be one of {UPSAMPLING}, got {upsampling!r}.")
+        self.upsampling = upsampling
         self.image_size = tuple(image_size)
         sizes = encoder_sizes(image_size, len(channels))
         # Decoder stages, deepest first: the deepest map comes from the latent, then each block
@@ -136,10 +150,10 @@ class MixedEffectsConvDecoder(nn.Module):
         self.targets = sizes[::-1][1:]
         outs = list(rev[1:])
         self.convs = nn.ModuleList(
-            [nn.Conv2d(a, b, 3, padding=1) for a, b in zip(rev[:-1], outs, strict=True)]
+            [self._upsampling_conv(a, b) for a, b in zip(rev[:-1], outs, strict=True)]
         )
         self.norms = nn.ModuleList([nn.GroupNorm(_groups(c), c) for c in outs])
-        self.out = nn.Conv2d(rev[-1], n_channels, 3, padding=1)
+        self.out = self._upsampling_conv(rev[-1], n_channels)
         self.has_random_effects = n_batch > 0
         if self.has_random_effects:
             self.start_film = FiLM(n_batch, channels[-1], hidden_prior_sd)
@@ -154,17 +168,31 @@ class MixedEffectsConvDecoder(nn.Module):
             h = self.start_film(h, design)
         h = F.silu(h)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
-            h = F.interpolate(h, size=self.targets[i], mode="nearest")
-            h = norm(conv(h))
+            h = norm(self._upsample(conv, h, self.targets[i]))
             if use_re:
                 h = self.films[i](h, design)
             h = F.silu(h)
-        y = self.out(F.interpolate(h, size=self.image_size, mode="nearest"))
+        y = self._upsample(self.out, h, self.image_size)
         if use_re:
             gain = self.output_scale(design)[:, :, None, None]
             offset = self.output_offset(design)[:, :, None, None]
             y = y * (1.0 + gain) + offset
         return y
+
+    def _upsampling_conv(self, n_in: int, n_out: int) -> nn.Module:
+        if self.upsampling == "transposed":
+            return nn.ConvTranspose2d(n_in, n_out, 4, stride=2, padding=1)
+        return nn.Conv2d(n_in, n_out, 3, padding=1)
+
+    def _upsample(self, conv: nn.Module, h: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``h`` brought to ``size`` by ``conv``.
+
+        A transposed conv doubles the size, then the result is cropped (each encoder size is
+        ``ceil(previous / 2)``); otherwise nearest upsampling, then the conv.
+        """
+        if self.upsampling == "transposed":
+            return conv(h)[:, :, : size[0], : size[1]]
+        return conv(F.interpolate(h, size=size, mode="nearest"))
 
     def kl_divergence(self) -> torch.Tensor:
         if not self.has_random_effects:

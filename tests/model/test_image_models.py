@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -142,3 +143,40 @@ def test_label_conditional_adversary(image_classifier, crops):
     uniform, _ = adversary_penalty(torch.zeros(1, 3), torch.tensor([0]), 1.0, "confusion", prior)
     assert abs(float(at_prior)) < 1e-6
     assert float(uniform) > 0
+
+
+@pytest.mark.parametrize("upsampling", ["transposed", "nearest"])
+@pytest.mark.parametrize("size", [(68, 68), (33, 47), (16, 9)])
+def test_the_decoder_returns_the_image_size(upsampling, size):
+    from armed_bio.nn import MixedEffectsConvDecoder
+
+    decoder = MixedEffectsConvDecoder(8, 3, size, (8, 16, 16), n_batch=2, upsampling=upsampling)
+    design = torch.eye(2)[[0, 1, 1]]
+    assert decoder(torch.zeros(3, 8), design).shape == (3, 3, *size)
+    assert decoder(torch.zeros(3, 8), None).shape == (3, 3, *size)
+    with pytest.raises(ValueError, match="upsampling must be one of"):
+        MixedEffectsConvDecoder(8, 3, size, upsampling="bilinear")
+
+
+def test_autoencoders_saved_by_0_4_load_with_their_decoder(crops, tmp_path):
+    """0.4 files have no decoder_upsampling: they load with the decoder they were trained with."""
+    adata = crops.copy()
+    ab.model.ArmedImage.setup_anndata(adata, batch_key="batch")
+    model = ab.model.ArmedImage(
+        adata, channels=(8, 16), re_channels=(8,), n_latent=8, decoder_upsampling="nearest"
+    )
+    model.train(max_epochs=1, batch_size=32, seed=0, **FAST)
+    model.save(tmp_path / "m")
+    attrs_file = tmp_path / "m" / "attributes.json"
+    attrs = json.loads(attrs_file.read_text())
+    # As 0.4 wrote it: the argument did not exist.
+    del attrs["module_arguments_"]["decoder_upsampling"]
+    attrs["init_params_"]["kwargs"]["module_kwargs"].pop("decoder_upsampling")
+    attrs_file.write_text(json.dumps(attrs))
+    loaded = ab.model.ArmedImage.load(tmp_path / "m", adata=adata)
+    assert loaded.module.decoder.upsampling == "nearest"
+    np.testing.assert_array_equal(
+        loaded.get_counterfactual_images(indices=[0, 1]),
+        model.get_counterfactual_images(indices=[0, 1]),
+    )
+    assert ab.model.ArmedImage(adata).module.decoder.upsampling == "transposed"
