@@ -8,12 +8,14 @@ cross-validation: the 115 frames are cut into 5 blocks of consecutive frames and
 held out in turn, because the same cells recur from frame to frame (a random split would let
 the probe recognise cells). Chance: movie 0.33, shape 0.50.
 
-Run: ``.venv/bin/python benchmarks/image_u373.py LABEL [name=value ...]`` (module arguments,
-e.g. ``decoder_upsampling=nearest`` for the 0.4 decoder); each label is kept as one row.
+Run: ``.venv/bin/python benchmarks/image_u373.py LABEL [name=value ...]`` (model or training
+arguments, e.g. ``decoder_upsampling=nearest`` for the 0.4 decoder, ``max_epochs=30``); each
+label is kept as one row.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 import time
@@ -33,6 +35,7 @@ from armed_bio.model import ArmedImage
 STEM = "image_u373"
 SEED = 0
 N_BLOCKS = 5
+TRAIN_ARGUMENTS = {"max_epochs", "batch_size", "early_stopping", "plan_kwargs"}
 
 
 def probe(x: np.ndarray, y: np.ndarray, blocks: np.ndarray) -> float:
@@ -44,14 +47,23 @@ def probe(x: np.ndarray, y: np.ndarray, blocks: np.ndarray) -> float:
     )
 
 
-def main(label: str, **module_kwargs) -> None:
+def parse(value: str):
+    """A command-line value as a Python literal (5, 0.1, True), or the string itself."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def main(label: str, **kwargs) -> None:
     torch.set_num_threads(1)
     adata = ad.read_h5ad(SHARED / "ctc_u373_crops.h5ad")
     blocks = np.minimum(adata.obs["frame"].to_numpy() * N_BLOCKS // 115, N_BLOCKS - 1)
     ArmedImage.setup_anndata(adata, image_key="image", batch_key="batch")
-    model = ArmedImage(adata, seed=SEED, **module_kwargs)
+    train_kwargs = {k: kwargs.pop(k) for k in TRAIN_ARGUMENTS & set(kwargs)}
+    model = ArmedImage(adata, seed=SEED, **kwargs)
     start = time.perf_counter()
-    model.train(seed=SEED, enable_progress_bar=False)
+    model.train(seed=SEED, enable_progress_bar=False, **train_kwargs)
     seconds = time.perf_counter() - start
     epochs = model.train_params_["epochs_trained"]
     embeddings = {
@@ -64,6 +76,7 @@ def main(label: str, **module_kwargs) -> None:
     movie = adata.obs["batch"].to_numpy()
     shape = adata.obs["shape"].to_numpy()
     row = {
+        "arguments": {**kwargs, **train_kwargs},
         "train_seconds": seconds,
         "epochs": epochs,
         "probes": {
@@ -97,4 +110,4 @@ def main(label: str, **module_kwargs) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:] or ["current"]
-    main(args[0], **dict(a.split("=", 1) for a in args[1:]))
+    main(args[0], **{k: parse(v) for k, v in (a.split("=", 1) for a in args[1:])})

@@ -59,10 +59,21 @@ class ArmedImageModule(ArmedImageModuleBase):
         ``"transposed"``: the decoder upsamples with stride-2 transposed convolutions (4x
         faster on CPU); ``"nearest"``: nearest-neighbour upsampling then a convolution, the
         decoder of armed_bio 0.4 and earlier (their saved models load with it).
+    adversary_clusters
+        Without labels, condition the adversary on this many online k-means clusters of
+        ``z_FE`` (``0``: a global adversary), as in ``ArmedRNA``: the plate is removed within
+        neighbourhoods of the latent rather than the phenotype mix across it.
+    centre_random_effects
+        Make the decoder's random effects sum to zero over the seen plates, so that the
+        plate-free (``Z = 0``) image is the average plate by construction.
     """
 
     #: Arguments added after 0.3 with the value that model files saved without them had.
-    added_arguments = {"decoder_upsampling": "nearest"}
+    added_arguments = {
+        "decoder_upsampling": "nearest",
+        "adversary_clusters": 0,
+        "centre_random_effects": False,
+    }
 
     def __init__(
         self,
@@ -84,6 +95,8 @@ class ArmedImageModule(ArmedImageModuleBase):
         augment: bool = True,
         conditional_adversary: bool = True,
         decoder_upsampling: str = "transposed",
+        adversary_clusters: int = 0,
+        centre_random_effects: bool = False,
     ):
         check_arguments(locals(), type(self).__name__)
         super().__init__(
@@ -112,7 +125,9 @@ class ArmedImageModule(ArmedImageModuleBase):
             hidden_prior_sd,
             output_prior_sd,
             decoder_upsampling,
+            centred=centre_random_effects,
         )
+        self.centre_random_effects = centre_random_effects
         if self.has_random_encoder:
             self.re_encoder = ConvEncoder(
                 n_channels, self.image_size, n_latent_re, re_channels, n_batch, hidden_prior_sd
@@ -123,6 +138,8 @@ class ArmedImageModule(ArmedImageModuleBase):
                 n_latent, n_labels, n_re, prior_sd=hidden_prior_sd
             )
         if self.has_adversary:
+            if adversary_clusters and not self.conditional_adversary:
+                self._add_adversary_clusters(adversary_clusters, n_latent)
             self._add_adversary(sum(channels) + n_latent)
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:

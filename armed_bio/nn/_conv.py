@@ -112,7 +112,9 @@ class MixedEffectsConvDecoder(nn.Module):
     Output: upsample to the image size and map to the image channels, then a random
     per-channel gain and offset, ``y * (1 + s(Z)) + o(Z)`` (plate-specific illumination and
     contrast). ``Z = 0`` (``design=None``) gives the fixed-effects, batch-free image;
-    ``n_batch = 0`` gives a decoder without random effects.
+    ``n_batch = 0`` gives a decoder without random effects. With ``centred`` random effects
+    (summing to zero over the seen batches) ``Z = 0`` is the average seen plate by
+    construction.
 
     ``upsampling="transposed"`` upsamples with a 4 x 4, stride-2 transposed convolution (the
     adjoint of the encoder's stride-2 convolutions; even kernel overlap, so no checkerboard),
@@ -132,6 +134,7 @@ class MixedEffectsConvDecoder(nn.Module):
         hidden_prior_sd: float = 0.25,
         output_prior_sd: float = 1.0,
         upsampling: str = "transposed",
+        centred: bool = False,
     ):
         super().__init__()
         channels = _check_channels(channels)
@@ -156,10 +159,10 @@ class MixedEffectsConvDecoder(nn.Module):
         self.out = self._upsampling_conv(rev[-1], n_channels)
         self.has_random_effects = n_batch > 0
         if self.has_random_effects:
-            self.start_film = FiLM(n_batch, channels[-1], hidden_prior_sd)
-            self.films = nn.ModuleList([FiLM(n_batch, c, hidden_prior_sd) for c in outs])
-            self.output_scale = RandomEffect(n_batch, n_channels, output_prior_sd)
-            self.output_offset = RandomEffect(n_batch, n_channels, output_prior_sd)
+            self.start_film = FiLM(n_batch, channels[-1], hidden_prior_sd, centred)
+            self.films = nn.ModuleList([FiLM(n_batch, c, hidden_prior_sd, centred) for c in outs])
+            self.output_scale = RandomEffect(n_batch, n_channels, output_prior_sd, centred)
+            self.output_offset = RandomEffect(n_batch, n_channels, output_prior_sd, centred)
 
     def forward(self, z: torch.Tensor, design: torch.Tensor | None) -> torch.Tensor:
         use_re = self.has_random_effects and design is not None
