@@ -47,6 +47,28 @@ def probe(x: np.ndarray, y: np.ndarray, blocks: np.ndarray) -> float:
     )
 
 
+def table(payload: dict) -> str:
+    """The markdown table of every labelled run in ``payload``."""
+    lines = [
+        "# ArmedImage defaults on the U373 live-cell movies\n",
+        "2,222 crops (1 x 96 x 96), 3 movies; CPU, one torch thread. Probes: logistic regression,"
+        " balanced accuracy, 5 time-block folds (chance: movie 0.33, shape 0.50). Command: "
+        "`.venv/bin/python benchmarks/image_u373.py LABEL`.\n",
+        "| run | train time | epochs | movie from z_FE | movie from pixels | movie from z_RE "
+        "| shape from z_FE | shape from pixels |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lab, r in payload["runs"].items():
+        p = r["probes"]
+        lines.append(
+            f"| {lab} | {r['train_seconds'] / 60:.1f} min | {r['epochs']} | "
+            f"{p['z_FE']['movie']:.3f} | {p['raw pixels (PCA 50)']['movie']:.3f} | "
+            f"{p['z_RE']['movie']:.3f} | {p['z_FE']['shape']:.3f} | "
+            f"{p['raw pixels (PCA 50)']['shape']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def parse(value: str):
     """A command-line value as a Python literal (5, 0.1, True), or the string itself."""
     try:
@@ -88,24 +110,7 @@ def main(label: str, **kwargs) -> None:
     payload = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     payload["machine"] = machine()
     payload["runs"][label] = row
-    lines = [
-        "# ArmedImage defaults on the U373 live-cell movies\n",
-        "2,222 crops (1 x 96 x 96), 3 movies; CPU, one torch thread. Probes: logistic regression,"
-        " balanced accuracy, 5 time-block folds (chance: movie 0.33, shape 0.50). Command: "
-        "`.venv/bin/python benchmarks/image_u373.py LABEL`.\n",
-        "| run | train time | epochs | movie from z_FE | movie from pixels | movie from z_RE "
-        "| shape from z_FE | shape from pixels |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for lab, r in payload["runs"].items():
-        p = r["probes"]
-        lines.append(
-            f"| {lab} | {r['train_seconds'] / 60:.1f} min | {r['epochs']} | "
-            f"{p['z_FE']['movie']:.3f} | {p['raw pixels (PCA 50)']['movie']:.3f} | "
-            f"{p['z_RE']['movie']:.3f} | {p['z_FE']['shape']:.3f} | "
-            f"{p['raw pixels (PCA 50)']['shape']:.3f} |"
-        )
-    write_results(STEM, payload, "\n".join(lines) + "\n")
+    write_results(STEM, payload, table(payload))
 
 
 if __name__ == "__main__":
