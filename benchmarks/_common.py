@@ -104,3 +104,33 @@ def write_results(stem: str, payload: dict, table: str) -> None:
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=float))
     (RESULTS / f"{stem}.md").write_text(table)
     print(table)
+
+
+def parse_value(value: str):
+    """A command-line value as a Python literal (5, 0.1, True), or the string itself."""
+    import ast
+
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def probe(x: np.ndarray, y: np.ndarray, folds, groups: np.ndarray | None = None) -> float:
+    """Balanced accuracy of a fresh logistic regression (standardised input) under ``folds``."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    scores = cross_val_score(clf, x, y, groups=groups, cv=folds, scoring="balanced_accuracy")
+    return float(scores.mean())
+
+
+def pixel_pca(images: np.ndarray, seed: int, n_components: int = 50) -> np.ndarray:
+    """The first ``n_components`` principal components of the flattened raw pixels."""
+    from sklearn.decomposition import PCA
+
+    flat = images.reshape(images.shape[0], -1).astype(np.float32)
+    return PCA(n_components, random_state=seed).fit_transform(flat)

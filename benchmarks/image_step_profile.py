@@ -6,12 +6,15 @@ step (the module's forward, loss and backward) of the autoencoder and of the pla
 (``ArmedCNNModule``, ``mode="fixed"``, no adversary) it is compared with. Synthetic pixels:
 the cost of a step does not depend on the values.
 
-Run: ``.venv/bin/python benchmarks/image_step_profile.py LABEL`` (e.g. ``before``, ``after``);
-each label's row is kept in ``results/image_step_profile.json`` and the table lists them all.
+Run: ``.venv/bin/python benchmarks/image_step_profile.py LABEL [name=value ...]`` (e.g.
+``before``, ``after``; ``name=value`` are autoencoder arguments such as
+``fe_reconstruction_weight=0``); each label's row is kept in
+``results/image_step_profile.json`` and the table lists them all.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 import time
@@ -60,13 +63,13 @@ def whole_step(module, tensors):
     return run
 
 
-def profile() -> dict[str, float]:
+def profile(**kwargs) -> dict[str, float]:
     torch.manual_seed(0)
     x = torch.randn(B, C, H, W)
     batch = torch.randint(0, K, (B, 1))
     design = F.one_hot(batch.view(-1), K).float()
     tensors = {"image": x, "batch": batch.float(), "labels": torch.zeros(B, 1)}
-    ae = ArmedImageModule(C, (H, W), K).train()
+    ae = ArmedImageModule(C, (H, W), K, **kwargs).train()
     z = torch.randn(B, ae.n_latent, requires_grad=True)
     features = [f.detach() for f in ae.encoder(x)[1]]
     rows = {
@@ -77,7 +80,12 @@ def profile() -> dict[str, float]:
         "decoder, batch-free (Z = 0)": timed(forward_backward(ae, lambda: ae.decoder(z, None))),
         "Z-predictor": timed(forward_backward(ae, lambda: ae.z_predictor(x))),
         "adversary": timed(
-            forward_backward(ae, lambda: ae.adversary(pooled_features(features, z.detach())))
+            forward_backward(
+                ae,
+                lambda: ae.adversary(
+                    ae.with_label(pooled_features(features, z.detach()), {"z": z.detach()})
+                ),
+            )
         ),
         "autoencoder: whole main step": timed(whole_step(ae, tensors)),
     }
@@ -97,7 +105,8 @@ def table(payload: dict) -> str:
     lines = [
         "# Image models: one training step, forward + backward, by component\n",
         f"Minibatch {B} x {C} x {H} x {W} (BBBC021 crops), {K} plates; CPU, one torch thread; "
-        f"median of {REPEATS} calls, milliseconds. Command: "
+        f"median of {REPEATS} calls, milliseconds (absolute times drift with the load on the "
+        "shared cores: compare columns measured together, or the ratio row). Command: "
         "`.venv/bin/python benchmarks/image_step_profile.py LABEL`.\n",
         "| component | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
@@ -111,15 +120,16 @@ def table(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(label: str) -> None:
+def main(label: str, **kwargs) -> None:
     torch.set_num_threads(1)
     path = RESULTS / f"{STEM}.json"
     payload = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     payload["machine"] = machine()
     payload["minibatch"] = [B, C, H, W]
-    payload["runs"][label] = profile()
+    payload["runs"][label] = profile(**kwargs)
     write_results(STEM, payload, table(payload))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "current")
+    args = sys.argv[1:] or ["current"]
+    main(args[0], **{k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in args[1:])})

@@ -15,7 +15,6 @@ label is kept as one row.
 
 from __future__ import annotations
 
-import ast
 import json
 import sys
 import time
@@ -23,12 +22,9 @@ import time
 import anndata as ad
 import numpy as np
 import torch
-from _common import RESULTS, SHARED, machine, write_results
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from _common import RESULTS, SHARED, machine, parse_value, pixel_pca, write_results
+from _common import probe as fold_probe
+from sklearn.model_selection import GroupKFold
 
 from armed_bio.model import ArmedImage
 
@@ -40,11 +36,7 @@ TRAIN_ARGUMENTS = {"max_epochs", "batch_size", "early_stopping", "plan_kwargs"}
 
 def probe(x: np.ndarray, y: np.ndarray, blocks: np.ndarray) -> float:
     """Balanced accuracy of a logistic regression under time-block cross-validation."""
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    folds = GroupKFold(n_splits=N_BLOCKS)
-    return float(
-        cross_val_score(clf, x, y, groups=blocks, cv=folds, scoring="balanced_accuracy").mean()
-    )
+    return fold_probe(x, y, GroupKFold(n_splits=N_BLOCKS), blocks)
 
 
 def table(payload: dict) -> str:
@@ -69,14 +61,6 @@ def table(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse(value: str):
-    """A command-line value as a Python literal (5, 0.1, True), or the string itself."""
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
-
-
 def main(label: str, **kwargs) -> None:
     torch.set_num_threads(1)
     adata = ad.read_h5ad(SHARED / "ctc_u373_crops.h5ad")
@@ -89,9 +73,7 @@ def main(label: str, **kwargs) -> None:
     seconds = time.perf_counter() - start
     epochs = model.train_params_["epochs_trained"]
     embeddings = {
-        "raw pixels (PCA 50)": PCA(50, random_state=SEED).fit_transform(
-            adata.obsm["image"].reshape(adata.n_obs, -1).astype(np.float32)
-        ),
+        "raw pixels (PCA 50)": pixel_pca(adata.obsm["image"], SEED),
         "z_FE": model.get_latent_representation(kind="fe"),
         "z_RE": model.get_latent_representation(kind="re"),
     }
@@ -115,4 +97,4 @@ def main(label: str, **kwargs) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:] or ["current"]
-    main(args[0], **{k: parse(v) for k, v in (a.split("=", 1) for a in args[1:])})
+    main(args[0], **{k: parse_value(v) for k, v in (a.split("=", 1) for a in args[1:])})

@@ -147,8 +147,14 @@ class ArmedImageModule(ArmedImageModuleBase):
 
     @auto_move_data
     def generative(self, z: torch.Tensor, design: torch.Tensor | None = None) -> dict:
-        """Standardised reconstructions: with the cells' random effects (``x_me``) and FE-only."""
-        out = {"x_fe": self.decoder(z, None)}
+        """Standardised reconstructions: with the cells' random effects (``x_me``) and FE-only.
+
+        In training with ``fe_reconstruction_weight=0`` the FE-only decode is skipped: nothing
+        uses it (with centred random effects it is the average plate by construction).
+        """
+        out = {}
+        if not (self.training and self.has_random_effects and not self.fe_reconstruction_weight):
+            out["x_fe"] = self.decoder(z, None)
         out["x_me"] = self.decoder(z, design) if self.has_random_effects else out["x_fe"]
         return out
 
