@@ -221,7 +221,8 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         max_epochs
             Number of passes over the training cells. ``None`` picks enough epochs for about
             ``_default_target_steps`` optimizer steps (1,500 for ``ArmedRNA``: what removing
-            strong batch effects needed), capped at 500.
+            strong batch effects needed; 1,000 for ``ArmedImageClassifier``, 500 for
+            ``ArmedImage``), capped at 500.
         batch_size
             Minibatch size.
         seed

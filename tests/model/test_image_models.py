@@ -180,3 +180,35 @@ def test_autoencoders_saved_by_0_4_load_with_their_decoder(crops, tmp_path):
         model.get_counterfactual_images(indices=[0, 1]),
     )
     assert ab.model.ArmedImage(adata).module.decoder.upsampling == "transposed"
+
+
+def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
+    """0.5 files lack the clustered adversary and centring: they load as they were trained."""
+    from armed_bio.module import ArmedImageModule
+
+    adata = crops.copy()
+    ab.model.ArmedImage.setup_anndata(adata, batch_key="batch")
+    small = {"channels": (8, 16), "re_channels": (8,), "n_latent": 8}
+    model = ab.model.ArmedImage(adata, **small, **ArmedImageModule.defaults_before_0_6)
+    model.train(max_epochs=1, batch_size=32, seed=0, **FAST)
+    model.save(tmp_path / "m")
+    attrs_file = tmp_path / "m" / "attributes.json"
+    attrs = json.loads(attrs_file.read_text())
+    # As 0.5 wrote it: every argument of 0.5 recorded, the two later ones absent.
+    kwargs = attrs["init_params_"]["kwargs"]["module_kwargs"]
+    for name in ("adversary_clusters", "centre_random_effects"):
+        del attrs["module_arguments_"][name]
+        kwargs.pop(name)
+    attrs_file.write_text(json.dumps(attrs))
+    loaded = ab.model.ArmedImage.load(tmp_path / "m", adata=adata).module
+    assert loaded.fe_reconstruction_weight == 1.0
+    assert not loaded.centre_random_effects
+    assert not hasattr(loaded, "cluster_centres")
+    np.testing.assert_array_equal(
+        ab.model.ArmedImage.load(tmp_path / "m", adata=adata).get_latent_representation(),
+        model.get_latent_representation(),
+    )
+    new = ab.model.ArmedImage(adata, **small).module
+    assert new.fe_reconstruction_weight == 0.0
+    assert new.centre_random_effects
+    assert new.cluster_centres.shape[0] == 5
