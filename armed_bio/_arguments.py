@@ -52,6 +52,7 @@ RULES: dict[str, Rule] = {
     "n_layers": POSITIVE_INT,
     "channels": CHANNELS,
     "re_channels": CHANNELS,
+    "decoder_width": POSITIVE,
     "dropout_rate": DROPOUT,
     "adversary_clusters": ADVERSARY_CLUSTERS,
     # loss weights and priors

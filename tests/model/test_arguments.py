@@ -6,7 +6,7 @@ import pytest
 from conftest import FAST, assert_unchanged, snapshot
 
 import armed_bio as ab
-from armed_bio.model import ArmedImageClassifier, ArmedRNA
+from armed_bio.model import ArmedImage, ArmedImageClassifier, ArmedRNA
 
 
 def test_module_arguments_reach_the_module_and_the_record(sim):
@@ -136,6 +136,12 @@ def test_image_model_arguments_are_checked(crops):
         ArmedImageClassifier(adata, channels=(8, 0))
     with pytest.raises(ValueError, match="ArmedCNNModule: n_latent must be a positive integer"):
         ArmedImageClassifier(adata, n_latent=-1)
+    ArmedImage.setup_anndata(adata, batch_key="batch")
+    before = snapshot(adata)
+    for bad in (0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="ArmedImageModule: decoder_width must be a finite"):
+            ArmedImage(adata, decoder_width=bad)
+    assert_unchanged(adata, before)
 
 
 def test_adapt_and_tl_armed_check_their_numbers_first(trained, sim):

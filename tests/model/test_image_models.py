@@ -183,7 +183,7 @@ def test_autoencoders_saved_by_0_4_load_with_their_decoder(crops, tmp_path):
 
 
 def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
-    """0.5 files lack the clustered adversary and centring: they load as they were trained."""
+    """0.5 files lack the clustered adversary, centring and decoder width: they load as trained."""
     from armed_bio.module import ArmedImageModule
 
     adata = crops.copy()
@@ -194,9 +194,9 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
     model.save(tmp_path / "m")
     attrs_file = tmp_path / "m" / "attributes.json"
     attrs = json.loads(attrs_file.read_text())
-    # As 0.5 wrote it: every argument of 0.5 recorded, the two later ones absent.
+    # As 0.5 wrote it: every argument of 0.5 recorded, the later ones absent.
     kwargs = attrs["init_params_"]["kwargs"]["module_kwargs"]
-    for name in ("adversary_clusters", "centre_random_effects"):
+    for name in ("adversary_clusters", "centre_random_effects", "decoder_width"):
         del attrs["module_arguments_"][name]
         kwargs.pop(name)
     attrs_file.write_text(json.dumps(attrs))
@@ -204,6 +204,7 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
     assert loaded.fe_reconstruction_weight == 1.0
     assert not loaded.centre_random_effects
     assert not hasattr(loaded, "cluster_centres")
+    assert loaded.decoder.start_shape[0] == 16  # the decoder mirrors channels=(8, 16)
     np.testing.assert_array_equal(
         ab.model.ArmedImage.load(tmp_path / "m", adata=adata).get_latent_representation(),
         model.get_latent_representation(),
@@ -212,3 +213,4 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
     assert new.fe_reconstruction_weight == 0.0
     assert new.centre_random_effects
     assert new.cluster_centres.shape[0] == 5
+    assert new.decoder.start_shape[0] == 12  # decoder_width=0.75 of 16
