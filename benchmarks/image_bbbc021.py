@@ -8,11 +8,13 @@ Parts (run all, or name some):
                   Z-predictor route. Extra arguments: plates, and seed=N (repeatable; default 0).
   counterfactual  ArmedImage (conv autoencoder) on all crops: one cell rendered as every plate
                   and batch-free; per-plate intensity of counterfactuals vs real crops.
+  decoder_width   the counterfactual part's plate-shift correlation for ArmedImage's
+                  decoder_width 1, 0.75 and 0.5, two seeds each.
   throughput      training images/s of each model on the same 2,000 crops, alternating in one
                   process (run it alone: the other parts share the cores).
 
     .venv/bin/python benchmarks/image_bbbc021.py [heldout] [lopo [plate ...] [seed=N ...]]
-        [counterfactual] [throughput]
+        [counterfactual] [decoder_width] [throughput]
 
 Results: benchmarks/results/image_bbbc021_<part>.{json,md}, figure
 benchmarks/results/image_bbbc021_counterfactuals.png.
@@ -204,27 +206,15 @@ def part_lopo(plates: list[str], seeds: list[int]) -> None:
     )
 
 
-def part_counterfactual() -> None:
-    adata = load()
-    ArmedImage.setup_anndata(adata, batch_key="batch", labels_key="label")
-    model = ArmedImage(adata, seed=SEED)
-    timer = EpochTimer()
-    model.train(seed=SEED, callbacks=[timer], enable_progress_bar=False)
+def plate_shifts(model: ArmedImage, adata: ad.AnnData) -> tuple:
+    """How far rendering as plate k applies plate k's intensity shift.
+
+    DMSO crops only (the same biology on every plate): the shift of each plate's real mean
+    from the all-plate mean, vs the shift of the same 600 DMSO cells rendered as that plate
+    from their batch-free render. Returns the real per-plate and all-plate channel means, the
+    rendered ones, the batch-free render's, both shifts and the correlation of the 12 shifts.
+    """
     plates = model.batch_categories_
-    # One cell per plate (the first DMSO crop of each), rendered as every plate and Z = 0.
-    cells = [
-        int(
-            np.flatnonzero(((adata.obs["batch"] == p) & (adata.obs["label"] == "DMSO")).to_numpy())[
-                0
-            ]
-        )
-        for p in plates
-    ]
-    fig = ab.pl.image_counterfactuals(model, adata, cells, return_fig=True)
-    fig.savefig(RESULTS / "image_bbbc021_counterfactuals.png", dpi=120, bbox_inches="tight")
-    # Does rendering as plate k apply plate k's intensity shift? DMSO crops only (the same
-    # biology on every plate): the shift of each plate's real mean from the all-plate mean, vs
-    # the shift of the same 600 DMSO cells rendered as that plate from their batch-free render.
     dmso = np.flatnonzero((adata.obs["label"] == "DMSO").to_numpy())
     sample = np.sort(np.random.default_rng(SEED).choice(dmso, 600, replace=False))
     images = adata.obsm["image"]
@@ -243,6 +233,67 @@ def part_counterfactual() -> None:
     real_shift = np.array([real[p] - real_all for p in plates])
     model_shift = np.array([rendered[p] - free for p in plates])
     r = float(np.corrcoef(real_shift.ravel(), model_shift.ravel())[0, 1])
+    return real, real_all, rendered, free, (real_shift, model_shift), r
+
+
+def part_decoder_width(widths=(1.0, 0.75, 0.5), seeds=(0, 1)) -> None:
+    """The counterfactual part's plate-shift fidelity for each decoder width and seed."""
+    adata = load()
+    ArmedImage.setup_anndata(adata, batch_key="batch", labels_key="label")
+    rows = []
+    for width in widths:
+        for seed in seeds:
+            model = ArmedImage(adata, seed=seed, decoder_width=width)
+            start = time.perf_counter()
+            model.train(seed=seed, enable_progress_bar=False)
+            minutes = (time.perf_counter() - start) / 60
+            _, real_all, _, free, _, r = plate_shifts(model, adata)
+            rows.append(
+                {
+                    "decoder_width": width,
+                    "seed": seed,
+                    "train_minutes": minutes,
+                    "r": r,
+                    "batch_free_channel_means": free.tolist(),
+                }
+            )
+    table = [
+        "| decoder_width | seed | train time | plate-shift r | batch-free render mean "
+        f"(real DMSO: {', '.join(f'{v:.1f}' for v in real_all)}) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        free_text = ", ".join(f"{v:.1f}" for v in row["batch_free_channel_means"])
+        table.append(
+            f"| {row['decoder_width']} | {row['seed']} | {row['train_minutes']:.1f} min | "
+            f"{row['r']:.2f} | {free_text} |"
+        )
+    write_results(
+        "image_bbbc021_decoder_width",
+        {"machine": machine(), "real_dmso_all_plates": real_all.tolist(), "runs": rows},
+        "\n".join(table) + "\n",
+    )
+
+
+def part_counterfactual() -> None:
+    adata = load()
+    ArmedImage.setup_anndata(adata, batch_key="batch", labels_key="label")
+    model = ArmedImage(adata, seed=SEED)
+    timer = EpochTimer()
+    model.train(seed=SEED, callbacks=[timer], enable_progress_bar=False)
+    plates = model.batch_categories_
+    # One cell per plate (the first DMSO crop of each), rendered as every plate and Z = 0.
+    cells = [
+        int(
+            np.flatnonzero(((adata.obs["batch"] == p) & (adata.obs["label"] == "DMSO")).to_numpy())[
+                0
+            ]
+        )
+        for p in plates
+    ]
+    fig = ab.pl.image_counterfactuals(model, adata, cells, return_fig=True)
+    fig.savefig(RESULTS / "image_bbbc021_counterfactuals.png", dpi=120, bbox_inches="tight")
+    real, real_all, rendered, free, (real_shift, model_shift), r = plate_shifts(model, adata)
     payload = {
         "machine": machine(),
         "epochs": len(timer.times),
@@ -323,7 +374,7 @@ def part_throughput(rounds: int = 2, epochs: int = 3) -> None:
     print("\n".join(table))
 
 
-PARTS = ("heldout", "lopo", "counterfactual", "throughput")
+PARTS = ("heldout", "lopo", "counterfactual", "decoder_width", "throughput")
 
 if __name__ == "__main__":
     args = sys.argv[1:] or list(PARTS)
@@ -337,5 +388,7 @@ if __name__ == "__main__":
             part_lopo([a for a in extra if not a.startswith("seed=")], seeds)
         elif part == "counterfactual":
             part_counterfactual()
+        elif part == "decoder_width":
+            part_decoder_width()
         else:
             part_throughput()

@@ -59,9 +59,11 @@ def main(label: str, **kwargs) -> None:
     adata = ad.read_h5ad(DATA)
     ArmedImage.setup_anndata(adata, image_key="image", batch_key="batch")
     train_kwargs = {k: kwargs.pop(k) for k in TRAIN_ARGUMENTS & set(kwargs)}
-    model = ArmedImage(adata, seed=SEED, **kwargs)
+    # seed=N trains another seed; the pixel PCA and the folds stay those of SEED.
+    seed = kwargs.pop("seed", SEED)
+    model = ArmedImage(adata, seed=seed, **kwargs)
     start = time.perf_counter()
-    model.train(seed=SEED, enable_progress_bar=False, **train_kwargs)
+    model.train(seed=seed, enable_progress_bar=False, **train_kwargs)
     seconds = time.perf_counter() - start
     embeddings = {
         "raw pixels (PCA 50)": pixel_pca(adata.obsm["image"], SEED),
@@ -72,7 +74,7 @@ def main(label: str, **kwargs) -> None:
     phenotype = adata.obs["label"].to_numpy()
     cells = StratifiedKFold(n_splits=5, shuffle=True, random_state=SEED)
     row = {
-        "arguments": {**kwargs, **train_kwargs},
+        "arguments": {**kwargs, **train_kwargs, "seed": seed},
         "train_seconds": seconds,
         "epochs": model.train_params_["epochs_trained"],
         "probes": {

@@ -67,9 +67,11 @@ def main(label: str, **kwargs) -> None:
     blocks = np.minimum(adata.obs["frame"].to_numpy() * N_BLOCKS // 115, N_BLOCKS - 1)
     ArmedImage.setup_anndata(adata, image_key="image", batch_key="batch")
     train_kwargs = {k: kwargs.pop(k) for k in TRAIN_ARGUMENTS & set(kwargs)}
-    model = ArmedImage(adata, seed=SEED, **kwargs)
+    # seed=N trains another seed; the pixel PCA and the folds stay those of SEED.
+    seed = kwargs.pop("seed", SEED)
+    model = ArmedImage(adata, seed=seed, **kwargs)
     start = time.perf_counter()
-    model.train(seed=SEED, enable_progress_bar=False, **train_kwargs)
+    model.train(seed=seed, enable_progress_bar=False, **train_kwargs)
     seconds = time.perf_counter() - start
     epochs = model.train_params_["epochs_trained"]
     embeddings = {
@@ -80,7 +82,7 @@ def main(label: str, **kwargs) -> None:
     movie = adata.obs["batch"].to_numpy()
     shape = adata.obs["shape"].to_numpy()
     row = {
-        "arguments": {**kwargs, **train_kwargs},
+        "arguments": {**kwargs, **train_kwargs, "seed": seed},
         "train_seconds": seconds,
         "epochs": epochs,
         "probes": {
