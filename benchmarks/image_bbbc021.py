@@ -258,6 +258,10 @@ def part_decoder_width(widths=(1.0, 0.75, 0.5), seeds=(0, 1)) -> None:
                 }
             )
     table = [
+        "# ArmedImage decoder width: do counterfactuals keep the plate shifts?\n",
+        "BBBC021, 4 plates, with labels, 0.6 defaults but `decoder_width`; r as in "
+        "`image_bbbc021_counterfactual.md`. Command: `.venv/bin/python "
+        "benchmarks/image_bbbc021.py decoder_width`.\n",
         "| decoder_width | seed | train time | plate-shift r | batch-free render mean "
         f"(real DMSO: {', '.join(f'{v:.1f}' for v in real_all)}) |",
         "|---|---|---|---|---|",
