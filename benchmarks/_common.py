@@ -106,6 +106,24 @@ def write_results(stem: str, payload: dict, table: str) -> None:
     print(table)
 
 
+def train_armed_image(adata: ad.AnnData, default_seed: int, **options) -> tuple:
+    """Train ``ArmedImage`` on set-up ``adata`` with ``name=value`` options of the command line.
+
+    Training options go to ``train``, ``seed=N`` replaces ``default_seed``, the rest to the
+    model.
+    Returns the model, the training seconds and the options as given (with the seed).
+    """
+    from armed_bio.model import ArmedImage
+
+    train_names = {"max_epochs", "batch_size", "early_stopping", "plan_kwargs"}
+    seed = options.pop("seed", default_seed)
+    train_kwargs = {k: options.pop(k) for k in train_names & set(options)}
+    model = ArmedImage(adata, seed=seed, **options)
+    start = time.perf_counter()
+    model.train(seed=seed, enable_progress_bar=False, **train_kwargs)
+    return model, time.perf_counter() - start, {**options, **train_kwargs, "seed": seed}
+
+
 def parse_value(value: str):
     """A command-line value as a Python literal (5, 0.1, True), or the string itself."""
     import ast

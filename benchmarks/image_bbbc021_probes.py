@@ -15,11 +15,19 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import anndata as ad
 import torch
-from _common import RESULTS, SHARED, machine, parse_value, pixel_pca, probe, write_results
+from _common import (
+    RESULTS,
+    SHARED,
+    machine,
+    parse_value,
+    pixel_pca,
+    probe,
+    train_armed_image,
+    write_results,
+)
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 
 from armed_bio.model import ArmedImage
@@ -27,7 +35,6 @@ from armed_bio.model import ArmedImage
 STEM = "image_bbbc021_probes"
 DATA = SHARED / "bbbc021_mcf7_crops_4plates.h5ad"
 SEED = 0
-TRAIN_ARGUMENTS = {"max_epochs", "batch_size", "early_stopping", "plan_kwargs"}
 
 
 def table(payload: dict) -> str:
@@ -58,13 +65,8 @@ def main(label: str, **kwargs) -> None:
     torch.set_num_threads(1)
     adata = ad.read_h5ad(DATA)
     ArmedImage.setup_anndata(adata, image_key="image", batch_key="batch")
-    train_kwargs = {k: kwargs.pop(k) for k in TRAIN_ARGUMENTS & set(kwargs)}
     # seed=N trains another seed; the pixel PCA and the folds stay those of SEED.
-    seed = kwargs.pop("seed", SEED)
-    model = ArmedImage(adata, seed=seed, **kwargs)
-    start = time.perf_counter()
-    model.train(seed=seed, enable_progress_bar=False, **train_kwargs)
-    seconds = time.perf_counter() - start
+    model, seconds, arguments = train_armed_image(adata, SEED, **kwargs)
     embeddings = {
         "raw pixels (PCA 50)": pixel_pca(adata.obsm["image"], SEED),
         "z_FE": model.get_latent_representation(kind="fe"),
@@ -74,7 +76,7 @@ def main(label: str, **kwargs) -> None:
     phenotype = adata.obs["label"].to_numpy()
     cells = StratifiedKFold(n_splits=5, shuffle=True, random_state=SEED)
     row = {
-        "arguments": {**kwargs, **train_kwargs, "seed": seed},
+        "arguments": arguments,
         "train_seconds": seconds,
         "epochs": model.train_params_["epochs_trained"],
         "probes": {

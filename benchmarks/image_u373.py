@@ -17,12 +17,19 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import anndata as ad
 import numpy as np
 import torch
-from _common import RESULTS, SHARED, machine, parse_value, pixel_pca, write_results
+from _common import (
+    RESULTS,
+    SHARED,
+    machine,
+    parse_value,
+    pixel_pca,
+    train_armed_image,
+    write_results,
+)
 from _common import probe as fold_probe
 from sklearn.model_selection import GroupKFold
 
@@ -31,7 +38,6 @@ from armed_bio.model import ArmedImage
 STEM = "image_u373"
 SEED = 0
 N_BLOCKS = 5
-TRAIN_ARGUMENTS = {"max_epochs", "batch_size", "early_stopping", "plan_kwargs"}
 
 
 def probe(x: np.ndarray, y: np.ndarray, blocks: np.ndarray) -> float:
@@ -66,13 +72,8 @@ def main(label: str, **kwargs) -> None:
     adata = ad.read_h5ad(SHARED / "ctc_u373_crops.h5ad")
     blocks = np.minimum(adata.obs["frame"].to_numpy() * N_BLOCKS // 115, N_BLOCKS - 1)
     ArmedImage.setup_anndata(adata, image_key="image", batch_key="batch")
-    train_kwargs = {k: kwargs.pop(k) for k in TRAIN_ARGUMENTS & set(kwargs)}
     # seed=N trains another seed; the pixel PCA and the folds stay those of SEED.
-    seed = kwargs.pop("seed", SEED)
-    model = ArmedImage(adata, seed=seed, **kwargs)
-    start = time.perf_counter()
-    model.train(seed=seed, enable_progress_bar=False, **train_kwargs)
-    seconds = time.perf_counter() - start
+    model, seconds, arguments = train_armed_image(adata, SEED, **kwargs)
     epochs = model.train_params_["epochs_trained"]
     embeddings = {
         "raw pixels (PCA 50)": pixel_pca(adata.obsm["image"], SEED),
@@ -82,7 +83,7 @@ def main(label: str, **kwargs) -> None:
     movie = adata.obs["batch"].to_numpy()
     shape = adata.obs["shape"].to_numpy()
     row = {
-        "arguments": {**kwargs, **train_kwargs, "seed": seed},
+        "arguments": arguments,
         "train_seconds": seconds,
         "epochs": epochs,
         "probes": {

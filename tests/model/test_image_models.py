@@ -200,14 +200,14 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
         del attrs["module_arguments_"][name]
         kwargs.pop(name)
     attrs_file.write_text(json.dumps(attrs))
-    loaded = ab.model.ArmedImage.load(tmp_path / "m", adata=adata).module
+    loaded_model = ab.model.ArmedImage.load(tmp_path / "m", adata=adata)
+    loaded = loaded_model.module
     assert loaded.fe_reconstruction_weight == 1.0
     assert not loaded.centre_random_effects
     assert not hasattr(loaded, "cluster_centres")
     assert loaded.decoder.start_shape[0] == 16  # the decoder mirrors channels=(8, 16)
     np.testing.assert_array_equal(
-        ab.model.ArmedImage.load(tmp_path / "m", adata=adata).get_latent_representation(),
-        model.get_latent_representation(),
+        loaded_model.get_latent_representation(), model.get_latent_representation()
     )
     new = ab.model.ArmedImage(adata, **small).module
     assert new.fe_reconstruction_weight == 0.0
