@@ -54,12 +54,27 @@ DEFAULT_INFERENCE_BATCH_SIZE = 1024
 RENAMED_ARGUMENTS = {"n_latent_fe": "n_latent", "prior_sd": "hidden_prior_sd"}
 
 
+# scVI's default schedule, 400 epochs at 20,000 cells and proportionally fewer above: the
+# cell-passes that taper the epoch floor on large data.
+TAPER_CELL_PASSES = 20_000 * 400
+
+
 def default_max_epochs(
-    n_obs: int, batch_size: int, train_size: float = 0.9, target_steps: int = DEFAULT_TARGET_STEPS
+    n_obs: int,
+    batch_size: int,
+    train_size: float = 0.9,
+    target_steps: int = DEFAULT_TARGET_STEPS,
+    min_epochs: int = 0,
 ) -> int:
-    """Epochs giving about ``target_steps`` optimizer steps (at least one epoch)."""
+    """Default epochs: about ``target_steps`` optimizer steps, and at least ``min_epochs``.
+
+    The epoch floor tapers on large data as scVI's does (``20,000 * 400 / n_obs`` epochs), so
+    a million cells get 8 passes, not ``min_epochs``. Capped at :data:`MAX_DEFAULT_EPOCHS`.
+    """
     steps_per_epoch = max(1, math.ceil(n_obs * train_size / batch_size))
-    return int(min(MAX_DEFAULT_EPOCHS, max(1, math.ceil(target_steps / steps_per_epoch))))
+    for_steps = math.ceil(target_steps / steps_per_epoch)
+    floor = min(min_epochs, round(TAPER_CELL_PASSES / max(n_obs, 1)))
+    return int(min(MAX_DEFAULT_EPOCHS, max(1, for_steps, floor)))
 
 
 class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
@@ -72,6 +87,8 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
 
     _training_plan_cls = ArmedTrainingPlan
     _default_target_steps: int = DEFAULT_TARGET_STEPS
+    #: Fewest default epochs (tapered on large data; see :func:`default_max_epochs`).
+    _default_min_epochs: int = 0
     #: Module arguments set from the registered data, never by the user.
     _data_arguments: tuple[str, ...] = ("n_batch", "n_labels")
 
@@ -222,7 +239,9 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             Number of passes over the training cells. ``None`` picks enough epochs for about
             ``_default_target_steps`` optimizer steps (1,500 for ``ArmedRNA``: what removing
             strong batch effects needed; 1,000 for ``ArmedImageClassifier``, 500 for
-            ``ArmedImage``), capped at 500.
+            ``ArmedImage``), capped at 500. ``ArmedRNA`` also makes at least 75 passes,
+            fewer on large data as scVI's default does (``8e6 / n_obs``: 8 at a million
+            cells).
         batch_size
             Minibatch size.
         seed
@@ -274,7 +293,11 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             )
         if max_epochs is None:
             max_epochs = default_max_epochs(
-                self.adata.n_obs, batch_size, train_size or 0.9, self._default_target_steps
+                self.adata.n_obs,
+                batch_size,
+                train_size or 0.9,
+                self._default_target_steps,
+                self._default_min_epochs,
             )
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")

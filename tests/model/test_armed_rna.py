@@ -9,7 +9,7 @@ import torch
 from conftest import FAST
 
 import armed_bio as ab
-from armed_bio.model import ArmedRNA
+from armed_bio.model import ArmedImage, ArmedRNA
 from armed_bio.model._base import default_max_epochs
 
 
@@ -210,6 +210,16 @@ def test_default_epochs_target_steps():
     assert default_max_epochs(8684, 128) == 25
     assert default_max_epochs(1_000_000, 128) == 1
     assert default_max_epochs(10, 128) == 500  # capped
+
+
+def test_rna_default_epochs_have_a_floor_that_tapers_on_large_data():
+    floor = ArmedRNA._default_min_epochs
+    assert floor == 75
+    assert default_max_epochs(1021, 128, min_epochs=floor) == 188  # 1,500 steps is more
+    assert default_max_epochs(8684, 128, min_epochs=floor) == 75  # the floor
+    assert default_max_epochs(100_000, 128, min_epochs=floor) == 75
+    assert default_max_epochs(1_000_000, 128, min_epochs=floor) == 8  # tapered as scVI's
+    assert ArmedImage._default_min_epochs == 0  # image models: steps only
 
 
 def test_tl_armed_runs_are_kept_apart_by_key_added(sim):
