@@ -35,9 +35,13 @@ SEMI_SYNTHETIC = {
     },
 }
 
-# ArmedRNA's first-release (v1) values of every argument that the core-model v2 work added or
+# ArmedRNA's 0.3-0.6 (v2) values of what 0.7.0 changed: "armed_v2" in the benchmarks is
+# ArmedRNA with these; "min_epochs" 0 is the default epochs without the 75-epoch floor.
+V2 = {"adversary_scale": 0.01, "min_epochs": 0}
+# ArmedRNA's first-release (v1) values of every argument that the core-model work added or
 # changed; "armed_v1" in the benchmarks is ArmedRNA with these.
 V1 = {
+    **V2,
     "fe_reconstruction_weight": 0.2,
     "fe_reconstruction_effects": "none",
     "adversary_clusters": 0,

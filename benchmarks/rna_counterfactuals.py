@@ -31,10 +31,11 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS, V1, machine, write_results
+from _common import RESULTS, V1, V2, machine, write_results
 
 from armed_bio.datasets import simulate_counts
 from armed_bio.model import ArmedRNA
+from armed_bio.model._base import default_max_epochs
 
 SEED = 0
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
@@ -74,8 +75,14 @@ def truth_check(model_kwargs: dict, plot: bool = False) -> dict:
     ref = adata[adata.obs["batch"] != held_out].copy()
     query = adata[adata.obs["batch"] == held_out].copy()
     ArmedRNA.setup_anndata(ref, batch_key="batch")
+    model_kwargs = dict(model_kwargs)
+    train_kwargs = {}
+    if "min_epochs" in model_kwargs:  # a release's default epochs (see _common.V2)
+        train_kwargs["max_epochs"] = default_max_epochs(
+            ref.n_obs, 128, min_epochs=model_kwargs.pop("min_epochs")
+        )
     model = ArmedRNA(ref, seed=SEED, **model_kwargs)
-    model.train(seed=SEED, **QUIET)
+    model.train(seed=SEED, **train_kwargs, **QUIET)
     adapted = model.adapt(query, seed=SEED, progress_bar=False)
 
     categories = list(adata.obs["batch"].cat.categories)
@@ -296,26 +303,41 @@ def main() -> None:
     if sys.argv[1:] == ["memory"]:
         truth = json.loads(stored.read_text())["truth"]
     else:
-        truth = {"v1": truth_check(V1), "v2": truth_check({}, plot=True)}
+        truth = {
+            "v1": truth_check(V1),
+            "v2": truth_check(V2),
+            "v3": truth_check({}, plot=True),
+        }
     if sys.argv[1:] == ["truth"]:
         memory = json.loads(stored.read_text())["memory"]
     else:
         memory = memory_check()
+    versions = list(truth)
     rows = [
-        "| target | v1 r | v2 r | naive r | v1 effect r | v2 effect r "
-        "| v1 effect slope | v2 effect slope |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| batch-free expression | {truth['v1']['batch_free']['armed']:.3f} | "
-        f"{truth['v2']['batch_free']['armed']:.3f} | {truth['v2']['batch_free']['naive']:.3f} "
-        "| | | | |",
+        "| target | "
+        + " | ".join(f"{v} r" for v in versions)
+        + " | naive r | "
+        + " | ".join(f"{v} effect r" for v in versions)
+        + " | "
+        + " | ".join(f"{v} effect slope" for v in versions)
+        + " |",
+        "|---|" + "---|" * (3 * len(versions) + 1),
+        "| batch-free expression | "
+        + " | ".join(f"{truth[v]['batch_free']['armed']:.3f}" for v in versions)
+        + f" | {truth[versions[-1]]['batch_free']['naive']:.3f} |"
+        + " |" * (2 * len(versions)),
     ]
-    for name, r in truth["v2"]["other_batch"].items():
-        old = truth["v1"]["other_batch"][name]
+    for name, r in truth[versions[-1]]["other_batch"].items():
+        each = [truth[v]["other_batch"][name] for v in versions]
         tag = "" if r["seen_in_training"] else " (unseen in training, adapted)"
         rows.append(
-            f"| expression as {name}{tag} | {old['armed']:.3f} | {r['armed']:.3f} | "
-            f"{r['naive']:.3f} | {old['effect_r']:.3f} | {r['effect_r']:.3f} | "
-            f"{old['effect_slope']:.2f} | {r['effect_slope']:.2f} |"
+            f"| expression as {name}{tag} | "
+            + " | ".join(f"{e['armed']:.3f}" for e in each)
+            + f" | {r['naive']:.3f} | "
+            + " | ".join(f"{e['effect_r']:.3f}" for e in each)
+            + " | "
+            + " | ".join(f"{e['effect_slope']:.2f}" for e in each)
+            + " |"
         )
     mem = [
         "| chunk size | peak MB above baseline | chunk output MB | seconds (10 batches) |",
@@ -334,7 +356,8 @@ def main() -> None:
     table = (
         "# Counterfactual expression\n\n## Against the simulated truth (8,000 cells x 500 genes, "
         "5 batches, batch_4 held out then adapted)\n\nv1: the first release's defaults "
-        "(`_common.V1`); v2: today's. r: correlation over cells x genes of log expression, "
+        "(`_common.V1`); v2: those of 0.3-0.6 (`_common.V2`); v3: today's. r: correlation "
+        "over cells x genes of log expression, "
         "each gene's mean removed; cells moved out of their own batch for 'as batch k'. "
         "Effect r and slope: the per-gene effect (mean over cells of as batch k minus "
         "batch-free) against the true one measured from the seen batches' average, both "

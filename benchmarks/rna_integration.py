@@ -9,13 +9,15 @@ method) and each seed, embeds the cells with
 - ``scanvi``: ``SCANVI.from_scvi_model`` of that scVI with every label given (its defaults),
 - ``armed_fixed``: ``ArmedRNA(mode="fixed")``, the scMEDAL-FE-style adversarial autoencoder,
 - ``armed_v1``: full ``ArmedRNA`` with the first release's defaults (``_common.V1``),
-- ``armed``: full ``ArmedRNA`` with today's defaults (its FE latent),
+- ``armed_v2``: full ``ArmedRNA`` with the 0.3-0.6 defaults (``_common.V2``),
+- ``armed``: full ``ArmedRNA`` with today's defaults (v3, 0.7.0; its FE latent),
 
 then scores every embedding with the scIB suite (``armed_bio.metrics.scib``), scMEDAL's
 cluster scores (``armed_bio.metrics.cluster_scores``) and the batch-predictability probe
 (``armed_bio.metrics.batch_predictability``: a fresh classifier's balanced accuracy at telling
 the batch, over all cells and within cell types). Variants for tuning are written
 ``armed@adversary_scale=0.03,adversary_objective=confusion`` (model keyword arguments;
+``min_epochs`` sets the default epochs' floor;
 ``max_epochs`` and ``batch_size`` go to ``train``, ``lr`` and ``adversary_lr`` to its
 ``plan_kwargs``); ``armed_v1@...`` starts from the v1 defaults.
 
@@ -51,28 +53,33 @@ import numpy as np
 import pandas as pd
 import scvi
 import torch
-from _common import DATASETS, RESULTS, SEMI_SYNTHETIC, V1, load_hvg, machine, write_results
+from _common import DATASETS, RESULTS, SEMI_SYNTHETIC, V1, V2, load_hvg, machine, write_results
 
 import armed_bio as ab
 from armed_bio.model import ArmedRNA
+from armed_bio.model._base import default_max_epochs
 
 warnings.filterwarnings("ignore")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("scvi").setLevel(logging.ERROR)
 CACHE = Path(__file__).resolve().parent / ".cache" / "rna_integration"
 RUNS = RESULTS / "rna_integration_runs"
-METHODS = ["pca", "harmony", "scvi", "scanvi", "armed_fixed", "armed_v1", "armed"]
+METHODS = ["pca", "harmony", "scvi", "scanvi", "armed_fixed", "armed_v1", "armed_v2", "armed"]
 TOTALS = ("Batch correction", "Bio conservation", "Total")
-# Which v2 change did what: v1, v1 plus each change, v2, v2 less each (see ablation_table).
+# Which change did what: v1, v1 plus each v2 change, v2, v2 less each, v2 plus each v3
+# change, v3 (see ablation_table).
 ABLATION = [
     ("v1 (first release)", "armed_v1"),
     ("v1 + centred random effects", "armed_v1@centre_random_effects=true"),
     ("v1 + cluster-conditional adversary", "armed_v1@adversary_clusters=5"),
     ("v1 + lambda_F 0.1", "armed_v1@fe_reconstruction_weight=0.1"),
-    ("v2 (all three)", "armed"),
-    ("v2 - centring", "armed@centre_random_effects=false"),
-    ("v2 - cluster conditioning", "armed@adversary_clusters=0"),
-    ("v2 - lambda_F 0.1 (back to 0.2)", "armed@fe_reconstruction_weight=0.2"),
+    ("v2 (all three)", "armed_v2"),
+    ("v2 - centring", "armed_v2@centre_random_effects=false"),
+    ("v2 - cluster conditioning", "armed_v2@adversary_clusters=0"),
+    ("v2 - lambda_F 0.1 (back to 0.2)", "armed_v2@fe_reconstruction_weight=0.2"),
+    ("v2 + 75-epoch floor (= v3 - weaker adversary)", "armed_v2@min_epochs=75"),
+    ("v2 + adversary_scale 0.0075 (= v3 - epoch floor)", "armed_v2@adversary_scale=0.0075"),
+    ("v3 (both)", "armed"),
     ("v1 + variational z_FE (not kept)", "armed_v1@latent_kl_weight=1.0"),
     (
         "v2 + variational z_FE (not kept)",
@@ -94,7 +101,8 @@ LABELS = {
     "scanvi": "scANVI",
     "armed_fixed": "ArmedRNA fixed (scMEDAL-FE)",
     "armed_v1": "ArmedRNA v1 defaults (FE latent)",
-    "armed": "ArmedRNA v2 defaults (FE latent)",
+    "armed_v2": "ArmedRNA v2 defaults (FE latent)",
+    "armed": "ArmedRNA v3 defaults (FE latent)",
 }
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 
@@ -159,11 +167,17 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
             "X": scanvi.get_latent_representation(),
             "X_scvi": model.get_latent_representation(),
         }, facts
-    if base in ("armed", "armed_fixed", "armed_v1"):
-        if base == "armed_v1":
-            kwargs = {**V1, **kwargs}
+    if base in ("armed", "armed_fixed", "armed_v1", "armed_v2"):
+        if base in ("armed_v1", "armed_v2"):
+            kwargs = {**(V1 if base == "armed_v1" else V2), **kwargs}
         mode = "fixed" if base == "armed_fixed" else kwargs.pop("mode", "mixed")
+        min_epochs = kwargs.pop("min_epochs", None)
         train_kwargs = {k: kwargs.pop(k) for k in ("max_epochs", "batch_size") if k in kwargs}
+        if min_epochs is not None and "max_epochs" not in train_kwargs:
+            # The default epochs of a release without (or with another) epoch floor.
+            train_kwargs["max_epochs"] = default_max_epochs(
+                a.n_obs, train_kwargs.get("batch_size", 128), min_epochs=min_epochs
+            )
         plan_kwargs = {k: kwargs.pop(k) for k in ("lr", "adversary_lr") if k in kwargs}
         if plan_kwargs:
             train_kwargs["plan_kwargs"] = plan_kwargs
@@ -431,12 +445,12 @@ def recovery_table(facts_df: pd.DataFrame) -> list[str]:
 
 
 def ablation_table(scib_df: pd.DataFrame, probe_df: pd.DataFrame, seed: int = 0) -> list[str]:
-    """Which v2 change did what: the :data:`ABLATION` rows run on this dataset, one seed."""
+    """Which change did what: the :data:`ABLATION` rows run on this dataset, one seed."""
     scores = scib_df[scib_df["seed"] == seed].set_index(["embedding", "metric"])["value"]
     probe = probe_df[(probe_df["seed"] == seed) & (probe_df["group"] == "within labels")]
     probe = probe.set_index(["embedding", "classifier"])["balanced_accuracy"]
     lines = [
-        f"\nAblation, seed {seed} (v1 plus each change, v2 less each):\n",
+        f"\nAblation, seed {seed} (v1 plus each change, v2 less each, v2 plus each v3 change):\n",
         "| what | spec | Total | Batch correction | Bio conservation | KBET "
         "| within labels, knn | within labels, linear |",
         "|---|---|---|---|---|---|---|---|",
