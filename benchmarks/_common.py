@@ -14,6 +14,8 @@ import numpy as np
 import scanpy as sc
 import torch
 
+from armed_bio.model._base import default_max_epochs
+
 # The shared real data: $ARMED_BIO_DATA, or ../shared/data beside the checkout.
 SHARED = Path(
     os.environ.get("ARMED_BIO_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -38,6 +40,20 @@ SEMI_SYNTHETIC = {
 # ArmedRNA's 0.3-0.6 (v2) values of what 0.7.0 changed: "armed_v2" in the benchmarks is
 # ArmedRNA with these; "min_epochs" 0 is the default epochs without the 75-epoch floor.
 V2 = {"adversary_scale": 0.01, "min_epochs": 0}
+
+
+def release_max_epochs(model_kwargs: dict, n_obs: int, batch_size: int = 128) -> dict:
+    """Pop ``min_epochs`` (see :data:`V2`) from ``model_kwargs``; return its ``train`` keyword.
+
+    That is the ``max_epochs`` a release's defaults chose on ``n_obs`` cells (``{}`` when
+    ``model_kwargs`` names no floor).
+    """
+    if "min_epochs" not in model_kwargs:
+        return {}
+    floor = model_kwargs.pop("min_epochs")
+    return {"max_epochs": default_max_epochs(n_obs, batch_size, min_epochs=floor)}
+
+
 # ArmedRNA's first-release (v1) values of every argument that the core-model work added or
 # changed; "armed_v1" in the benchmarks is ArmedRNA with these.
 V1 = {

@@ -31,11 +31,10 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS, V1, V2, machine, write_results
+from _common import RESULTS, V1, V2, machine, release_max_epochs, write_results
 
 from armed_bio.datasets import simulate_counts
 from armed_bio.model import ArmedRNA
-from armed_bio.model._base import default_max_epochs
 
 SEED = 0
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
@@ -76,11 +75,7 @@ def truth_check(model_kwargs: dict, plot: bool = False) -> dict:
     query = adata[adata.obs["batch"] == held_out].copy()
     ArmedRNA.setup_anndata(ref, batch_key="batch")
     model_kwargs = dict(model_kwargs)
-    train_kwargs = {}
-    if "min_epochs" in model_kwargs:  # a release's default epochs (see _common.V2)
-        train_kwargs["max_epochs"] = default_max_epochs(
-            ref.n_obs, 128, min_epochs=model_kwargs.pop("min_epochs")
-        )
+    train_kwargs = release_max_epochs(model_kwargs, ref.n_obs)
     model = ArmedRNA(ref, seed=SEED, **model_kwargs)
     model.train(seed=SEED, **train_kwargs, **QUIET)
     adapted = model.adapt(query, seed=SEED, progress_bar=False)

@@ -53,11 +53,20 @@ import numpy as np
 import pandas as pd
 import scvi
 import torch
-from _common import DATASETS, RESULTS, SEMI_SYNTHETIC, V1, V2, load_hvg, machine, write_results
+from _common import (
+    DATASETS,
+    RESULTS,
+    SEMI_SYNTHETIC,
+    V1,
+    V2,
+    load_hvg,
+    machine,
+    release_max_epochs,
+    write_results,
+)
 
 import armed_bio as ab
 from armed_bio.model import ArmedRNA
-from armed_bio.model._base import default_max_epochs
 
 warnings.filterwarnings("ignore")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -171,13 +180,9 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
         if base in ("armed_v1", "armed_v2"):
             kwargs = {**(V1 if base == "armed_v1" else V2), **kwargs}
         mode = "fixed" if base == "armed_fixed" else kwargs.pop("mode", "mixed")
-        min_epochs = kwargs.pop("min_epochs", None)
         train_kwargs = {k: kwargs.pop(k) for k in ("max_epochs", "batch_size") if k in kwargs}
-        if min_epochs is not None and "max_epochs" not in train_kwargs:
-            # The default epochs of a release without (or with another) epoch floor.
-            train_kwargs["max_epochs"] = default_max_epochs(
-                a.n_obs, train_kwargs.get("batch_size", 128), min_epochs=min_epochs
-            )
+        release = release_max_epochs(kwargs, a.n_obs, train_kwargs.get("batch_size", 128))
+        train_kwargs = {**release, **train_kwargs}  # a given max_epochs wins
         plan_kwargs = {k: kwargs.pop(k) for k in ("lr", "adversary_lr") if k in kwargs}
         if plan_kwargs:
             train_kwargs["plan_kwargs"] = plan_kwargs
