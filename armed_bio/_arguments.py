@@ -53,6 +53,7 @@ RULES: dict[str, Rule] = {
     "channels": CHANNELS,
     "re_channels": CHANNELS,
     "decoder_width": POSITIVE,
+    "re_downsample": POSITIVE_INT,
     "dropout_rate": DROPOUT,
     "adversary_clusters": ADVERSARY_CLUSTERS,
     # loss weights and priors

@@ -34,7 +34,7 @@ class ArmedImage(ArmedImageModelBase):
     """
 
     _module_cls = ArmedImageModule
-    # 500 steps: 4.8 min on the U373 crops and about 3 on 4 BBBC021 plates here; 1,000 gained
+    # 500 steps: 3.2 min on the U373 crops and 2.1 on 4 BBBC021 plates here; 1,000 gained
     # about 0.03 on the shape probe (benchmarks/results/image_u373.md, image_bbbc021_probes.md).
     _default_target_steps = 500
 

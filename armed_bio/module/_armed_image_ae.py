@@ -77,6 +77,12 @@ class ArmedImageModule(ArmedImageModuleBase):
         Make the decoder's random effects sum to zero over the seen plates, so that the
         plate-free (``Z = 0``) image is the average plate by construction (``False``: the
         0.5 default).
+    re_downsample
+        The RE encoder and the Z-predictor see each crop average-pooled by this factor
+        (``2``, default since 0.8: a quarter of their multiply-adds; ``1``: full resolution,
+        0.7 and earlier). Both are side branches that read the plate from the crop (the
+        decoder does not use ``z_RE``), and what marks a plate (intensity, contrast,
+        illumination) survives the pooling.
     """
 
     #: The 0.5 defaults: ``ArmedImage(adata, **ArmedImageModule.defaults_before_0_6)``
@@ -86,7 +92,10 @@ class ArmedImageModule(ArmedImageModuleBase):
         "adversary_clusters": 0,
         "centre_random_effects": False,
         "decoder_width": 1.0,
+        "re_downsample": 1,
     }
+    #: The 0.6-0.7 defaults: ``ArmedImage(adata, **ArmedImageModule.defaults_before_0_8)``.
+    defaults_before_0_8 = {"re_downsample": 1}
     #: Files from before 0.3 recorded only the arguments given; this default changed since.
     defaults_before_0_3 = {"fe_reconstruction_weight": 1.0}
     #: Arguments added after 0.3 with the value that model files saved without them had.
@@ -95,6 +104,7 @@ class ArmedImageModule(ArmedImageModuleBase):
         "adversary_clusters": 0,
         "centre_random_effects": False,
         "decoder_width": 1.0,
+        "re_downsample": 1,
     }
 
     def __init__(
@@ -120,6 +130,7 @@ class ArmedImageModule(ArmedImageModuleBase):
         adversary_clusters: int = 5,
         centre_random_effects: bool = True,
         decoder_width: float = 0.75,
+        re_downsample: int = 2,
     ):
         check_arguments(locals(), type(self).__name__)
         super().__init__(
@@ -134,6 +145,7 @@ class ArmedImageModule(ArmedImageModuleBase):
             classification_weight,
             augment,
             conditional_adversary,
+            z_predictor_downsample=re_downsample,
         )
         self.n_latent_re = n_latent_re
         self.fe_reconstruction_weight = fe_reconstruction_weight
@@ -153,7 +165,13 @@ class ArmedImageModule(ArmedImageModuleBase):
         self.centre_random_effects = centre_random_effects
         if self.has_random_encoder:
             self.re_encoder = ConvEncoder(
-                n_channels, self.image_size, n_latent_re, re_channels, n_batch, hidden_prior_sd
+                n_channels,
+                self.image_size,
+                n_latent_re,
+                re_channels,
+                n_batch,
+                hidden_prior_sd,
+                downsample=re_downsample,
             )
             self.re_batch_head = nn.Linear(n_latent_re, n_batch)
         if n_labels > 0:

@@ -158,6 +158,43 @@ def test_the_decoder_returns_the_image_size(upsampling, size):
         MixedEffectsConvDecoder(8, 3, size, upsampling="bilinear")
 
 
+@pytest.mark.parametrize("size", [(68, 68), (33, 47), (5, 3)])
+def test_the_side_branches_read_crops_average_pooled(size):
+    """downsample=2: the RE encoder and Z-predictor see 2 x 2 means (edge windows partial)."""
+    from armed_bio.nn import ConvClassifier, ConvEncoder
+    from armed_bio.nn._conv import downsample
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, *size)
+    pooled = downsample(x, 2)
+    assert pooled.shape[-2:] == tuple(-(-s // 2) for s in size)
+    # The last row/column of an odd size is its own (partial) window.
+    np.testing.assert_allclose(pooled[..., 0, 0], x[..., :2, :2].mean((-1, -2)), rtol=1e-6)
+    np.testing.assert_allclose(
+        pooled[..., -1, -1],
+        x[..., -(2 - size[0] % 2) :, -(2 - size[1] % 2) :].mean((-1, -2)),
+        rtol=1e-6,
+    )
+    design = torch.eye(2)[[0, 1, 1]]
+    full = ConvEncoder(2, pooled.shape[-2:], 4, (4, 8), n_batch=2).eval()
+    half = ConvEncoder(2, size, 4, (4, 8), n_batch=2, downsample=2).eval()
+    half.load_state_dict(full.state_dict())  # same weights: pooling is the only difference
+    torch.testing.assert_close(half(x, design)[0], full(pooled, design)[0])
+    clf = ConvClassifier(2, 3, (4,), downsample=2)
+    torch.testing.assert_close(clf(x), clf.out(clf.features(pooled).mean(dim=(2, 3))))
+    with pytest.raises(ValueError, match="downsample must be an integer >= 1"):
+        ConvClassifier(2, 3, downsample=0)
+
+
+def test_a_bad_re_downsample_is_refused_naming_the_argument(crops):
+    adata = crops.copy()
+    ab.model.ArmedImage.setup_anndata(adata, batch_key="batch")
+    before = adata.copy()
+    with pytest.raises(ValueError, match="re_downsample"):
+        ab.model.ArmedImage(adata, re_downsample=1.5)
+    assert adata.obs.equals(before.obs)
+
+
 def test_autoencoders_saved_by_0_4_load_with_their_decoder(crops, tmp_path):
     """0.4 files have no decoder_upsampling: they load with the decoder they were trained with."""
     adata = crops.copy()
@@ -196,7 +233,7 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
     attrs = json.loads(attrs_file.read_text())
     # As 0.5 wrote it: every argument of 0.5 recorded, the later ones absent.
     kwargs = attrs["init_params_"]["kwargs"]["module_kwargs"]
-    for name in ("adversary_clusters", "centre_random_effects", "decoder_width"):
+    for name in ("adversary_clusters", "centre_random_effects", "decoder_width", "re_downsample"):
         del attrs["module_arguments_"][name]
         kwargs.pop(name)
     attrs_file.write_text(json.dumps(attrs))
@@ -206,6 +243,7 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
     assert not loaded.centre_random_effects
     assert not hasattr(loaded, "cluster_centres")
     assert loaded.decoder.start_shape[0] == 16  # the decoder mirrors channels=(8, 16)
+    assert loaded.re_encoder.downsample == loaded.z_predictor.downsample == 1
     np.testing.assert_array_equal(
         loaded_model.get_latent_representation(), model.get_latent_representation()
     )
@@ -214,3 +252,4 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
     assert new.centre_random_effects
     assert new.cluster_centres.shape[0] == 5
     assert new.decoder.start_shape[0] == 12  # decoder_width=0.75 of 16
+    assert new.re_encoder.downsample == new.z_predictor.downsample == 2
