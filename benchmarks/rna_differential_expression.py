@@ -26,6 +26,7 @@ and the fraction of p-values below 0.05 (nominal 5 %; for ArmedRNA's replicate t
 (batches as replicates), against known markers.
 
     .venv/bin/python benchmarks/rna_differential_expression.py simulate [--seeds 0 1 2]
+        [--only-armed]
     .venv/bin/python benchmarks/rna_differential_expression.py real
     .venv/bin/python benchmarks/rna_differential_expression.py report
 
@@ -129,8 +130,13 @@ def pseudobulk(adata: ad.AnnData) -> pd.DataFrame:
     )
 
 
-def run_methods(adata: ad.AnnData, seed: int) -> tuple[dict[str, pd.DataFrame], dict]:
-    """Every method's per-gene table: ``score`` (higher = more DE), ``called``, ``pvalue``."""
+def run_methods(
+    adata: ad.AnnData, seed: int, only_armed: bool = False
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Every method's per-gene table: ``score`` (higher = more DE), ``called``, ``pvalue``.
+
+    ``only_armed``: ArmedRNA's methods only (the others do not depend on this package).
+    """
     out, seconds = {}, {}
     t0 = time.perf_counter()
     armed = adata.copy()
@@ -171,6 +177,8 @@ def run_methods(adata: ad.AnnData, seed: int) -> tuple[dict[str, pd.DataFrame], 
         },
         index=cells.index,
     )
+    if only_armed:
+        return {k: v.loc[adata.var_names] for k, v in out.items()}, seconds
 
     t0 = time.perf_counter()
     log = adata.copy()
@@ -246,19 +254,30 @@ def score(adata: ad.AnnData, tables: dict[str, pd.DataFrame], null: bool) -> dic
     return rows
 
 
-def simulate(seeds: list[int]) -> None:
+def simulate(seeds: list[int], only_armed: bool = False) -> None:
+    """Score every method on each seed's power and null sets.
+
+    ``only_armed`` re-runs ArmedRNA's methods and keeps the stored rows of the others (e.g.
+    after a change of ArmedRNA's defaults: scVI alone takes about 8 min per set here).
+    """
     for seed in seeds:
         for kind in ("power", "null"):
             key = f"{kind}_seed{seed}"
             spec = {} if kind == "power" else {"de_fraction": 0.0, "donor_specific_fraction": 0.0}
             adata = ab.datasets.simulate_de_counts(seed=seed, **spec)
-            tables, seconds = run_methods(adata, seed)
+            tables, seconds = run_methods(adata, seed, only_armed)
             result = {
                 "scores": score(adata, tables, null=kind == "null"),
                 "seconds": seconds,
                 "n_de": int(adata.var["is_de"].sum()),
                 "n_one_donor": int(adata.var["donor_specific"].sum()),
             }
+            result["armed_release"] = result["others_release"] = ab.__version__
+            if only_armed:
+                stored = _store()["simulate"][key]
+                result["scores"] = {**stored["scores"], **result["scores"]}
+                result["seconds"] = {**stored["seconds"], **result["seconds"]}
+                result["others_release"] = stored.get("others_release", "0.4.0")
             print(key, json.dumps(result["scores"]), flush=True)
             _save("simulate", key, result)
     report()
@@ -312,6 +331,11 @@ def real() -> None:
     report()
 
 
+def _releases(sims: dict, field: str) -> str:
+    """The armed_bio versions the stored sets' rows were measured with (unrecorded: 0.4.0)."""
+    return ", ".join(sorted({sim.get(field, "0.4.0") for sim in sims.values()}))
+
+
 def report() -> None:
     payload = _store()
     lines = ["# Differential expression: ArmedRNA vs Wilcoxon, scVI and donor pseudobulk\n"]
@@ -324,7 +348,9 @@ def report() -> None:
             "stim fraction 0.2-0.8 and a Dirichlet cell-type mix per donor; 50 DE genes "
             "(+-1 log2 in every donor), 25 genes changing in one donor only (not DE). "
             f"Seeds {', '.join(seeds)}; mean (min-max) over seeds. Each method at its usual "
-            "threshold (BH or posterior FDR 0.05).\n",
+            "threshold (BH or posterior FDR 0.05). ArmedRNA rows measured with armed_bio "
+            f"{_releases(sims, 'armed_release')}, the other methods' with "
+            f"{_releases(sims, 'others_release')} (they do not depend on it).\n",
             "## Power set\n",
             "| method | AUPRC | called | precision | recall | one-donor genes called (of 25) |",
             "|---|---|---|---|---|---|",
@@ -398,10 +424,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=["simulate", "real", "report"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--only-armed",
+        action="store_true",
+        help="simulate: re-run ArmedRNA's methods only, keeping the stored rows of the others",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what == "simulate":
-        simulate(args.seeds)
+        simulate(args.seeds, args.only_armed)
     elif args.what == "real":
         real()
     else:
