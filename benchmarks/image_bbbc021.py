@@ -247,6 +247,8 @@ def part_decoder_width(widths=(1.0, 0.75, 0.5), seeds=(0, 1)) -> None:
     ArmedImage.setup_anndata(adata, batch_key="batch", labels_key="label")
     path = RESULTS / "image_bbbc021_decoder_width.json"
     rows = json.loads(path.read_text())["runs"] if path.exists() else []
+    for row in rows:  # rows from before releases were recorded: the 0.6 defaults
+        row.setdefault("release", "0.6")
     release = ".".join(ab.__version__.split(".")[:2])
     for width in widths:
         for seed in seeds:
@@ -258,8 +260,7 @@ def part_decoder_width(widths=(1.0, 0.75, 0.5), seeds=(0, 1)) -> None:
             rows = [
                 row
                 for row in rows
-                if (row.get("release", "0.6"), row["decoder_width"], row["seed"])
-                != (release, width, seed)
+                if (row["release"], row["decoder_width"], row["seed"]) != (release, width, seed)
             ]
             rows.append(
                 {
@@ -283,7 +284,7 @@ def part_decoder_width(widths=(1.0, 0.75, 0.5), seeds=(0, 1)) -> None:
     for row in rows:
         free_text = ", ".join(f"{v:.1f}" for v in row["batch_free_channel_means"])
         table.append(
-            f"| {row.get('release', '0.6')} | {row['decoder_width']} | {row['seed']} | "
+            f"| {row['release']} | {row['decoder_width']} | {row['seed']} | "
             f"{row['train_minutes']:.1f} min | {row['r']:.2f} | {free_text} |"
         )
     table.append(
@@ -403,17 +404,16 @@ if __name__ == "__main__":
     args = sys.argv[1:] or list(PARTS)
     parts = [a for a in args if a in PARTS]
     extra = [a for a in args if a not in parts]
+    seeds = [int(a.split("=")[1]) for a in extra if a.startswith("seed=")]
     for part in parts:
         if part == "heldout":
             part_heldout()
         elif part == "lopo":
-            seeds = [int(a.split("=")[1]) for a in extra if a.startswith("seed=")] or [0]
-            part_lopo([a for a in extra if not a.startswith("seed=")], seeds)
+            part_lopo([a for a in extra if not a.startswith("seed=")], seeds or [0])
         elif part == "counterfactual":
             part_counterfactual()
         elif part == "decoder_width":
             widths = [float(a.split("=")[1]) for a in extra if a.startswith("width=")]
-            seeds = [int(a.split("=")[1]) for a in extra if a.startswith("seed=")]
             part_decoder_width(tuple(widths) or (1.0, 0.75, 0.5), tuple(seeds) or (0, 1))
         else:
             part_throughput()
