@@ -8,7 +8,9 @@ predicts, from each embedding, the plate (5-fold stratified cross-validation ove
 turn** (trained on three plates, scored on the fourth; chance 0.50). Balanced accuracy.
 
 Run: ``.venv/bin/python benchmarks/image_bbbc021_probes.py LABEL [name=value ...]`` (model or
-training arguments, e.g. ``max_epochs=30``); each label is kept as one row.
+training arguments, e.g. ``max_epochs=30``; ``labels=True`` trains with the phenotype labels,
+so the adversary is conditioned on them: its phenotype probe has then seen the held-out
+plate's labels); each label is kept as one row.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from _common import (
 )
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedKFold
 
+from armed_bio.metrics import batch_predictability
 from armed_bio.model import ArmedImage
 
 STEM = "image_bbbc021_probes"
 DATA = SHARED / "bbbc021_mcf7_crops_4plates.h5ad"
 SEED = 0
+#: Short names of the phenotype labels in the tables.
+PHENOTYPES = {"DMSO": "DMSO", "Protein synthesis": "inhibitor"}
 
 
 def table(payload: dict) -> str:
@@ -58,13 +63,50 @@ def table(payload: dict) -> str:
             f"{p['z_RE']['plate']:.3f} | {p['z_FE']['phenotype']:.3f} | "
             f"{p['raw pixels (PCA 50)']['phenotype']:.3f} |"
         )
+    within = {lab: r for lab, r in payload["runs"].items() if "plate within" in r}
+    if within:
+        names = list(next(iter(within.values()))["plate within"])
+        lines += [
+            "\n## The plate within each phenotype (the technical plate effect)\n",
+            "5-fold stratified within the label's cells; chance: DMSO 0.25 (4 plates), "
+            "inhibitor 0.50 (2 plates).\n",
+            "| run | " + " | ".join(f"{e}, {g}" for e in names for g in PHENOTYPES.values()) + " |",
+            "|---|" + "---|" * (len(names) * len(PHENOTYPES)),
+        ]
+        for lab, r in within.items():
+            cells = [r["plate within"][e][g] for e in names for g in PHENOTYPES.values()]
+            lines.append(f"| {lab} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plate_within_phenotypes(adata: ad.AnnData, embeddings: dict) -> dict:
+    """Plate balanced accuracy within each phenotype, per embedding (linear probe)."""
+    for name, x in embeddings.items():
+        adata.obsm[name] = x
+    scores = batch_predictability(
+        adata, list(embeddings), "batch", label_key="label", classifiers=["linear"], seed=SEED
+    )
+    return {
+        name: {
+            short: float(
+                scores.loc[
+                    (scores["embedding"] == name) & (scores["group"] == group),
+                    "balanced_accuracy",
+                ].iloc[0]
+            )
+            for group, short in PHENOTYPES.items()
+        }
+        for name in embeddings
+    }
 
 
 def main(label: str, **kwargs) -> None:
     torch.set_num_threads(1)
     adata = ad.read_h5ad(DATA)
-    ArmedImage.setup_anndata(adata, image_key="image", batch_key="batch")
+    labels = kwargs.pop("labels", False)
+    ArmedImage.setup_anndata(
+        adata, image_key="image", batch_key="batch", labels_key="label" if labels else None
+    )
     # seed=N trains another seed; the pixel PCA and the folds stay those of SEED.
     model, seconds, arguments = train_armed_image(adata, SEED, **kwargs)
     embeddings = {
@@ -76,7 +118,7 @@ def main(label: str, **kwargs) -> None:
     phenotype = adata.obs["label"].to_numpy()
     cells = StratifiedKFold(n_splits=5, shuffle=True, random_state=SEED)
     row = {
-        "arguments": arguments,
+        "arguments": {**arguments, "labels": labels},
         "train_seconds": seconds,
         "epochs": model.train_params_["epochs_trained"],
         "probes": {
@@ -86,6 +128,7 @@ def main(label: str, **kwargs) -> None:
             }
             for name, x in embeddings.items()
         },
+        "plate within": plate_within_phenotypes(adata, embeddings),
     }
     path = RESULTS / f"{STEM}.json"
     payload = json.loads(path.read_text()) if path.exists() else {"runs": {}}
