@@ -59,6 +59,7 @@ RULES: dict[str, Rule] = {
     # loss weights and priors
     "adversary_scale": NON_NEGATIVE,
     "fe_reconstruction_weight": NON_NEGATIVE,
+    "invariance_weight": NON_NEGATIVE,
     "re_batch_weight": NON_NEGATIVE,
     "classification_weight": NON_NEGATIVE,
     "latent_kl_weight": NON_NEGATIVE,

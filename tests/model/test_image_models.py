@@ -195,6 +195,37 @@ def test_a_bad_re_downsample_is_refused_naming_the_argument(crops):
     assert adata.obs.equals(before.obs)
 
 
+def test_plate_swap_invariance_moves_crops_by_the_decoders_plate_effect_and_trains_the_encoder():
+    """The term re-images real crops on another plate and pulls their z_FE to the original's."""
+    from armed_bio.module import ArmedImageModule
+
+    torch.manual_seed(0)
+    module = ArmedImageModule(
+        2, (20, 20), 3, channels=(8, 16), re_channels=(8,), n_latent=8, invariance_weight=1.0
+    ).train()
+    x = torch.rand(8, 2, 20, 20) * 255
+    batch = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])[:, None]
+    inference = module.inference(x, batch)
+    term = module.plate_swap_invariance(inference)
+    assert term.dim() == 0
+    assert term > 0
+    term.backward()
+    # Gradient into the encoder only: the decoder's plate effect is the fixed "what a plate
+    # changes", and the decoder and its random effects must not learn to erase it.
+    assert module.encoder.out.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.decoder.parameters())
+    assert all(p.grad is None for p in module.re_encoder.parameters())
+    # Training with it logs the term; a negative weight is refused.
+    tensors = {"image": x, "batch": batch.float(), "labels": torch.zeros(8, 1)}
+    _, _, loss = module(tensors, loss_kwargs={})
+    assert "plate_swap_invariance" in loss.extra_metrics
+    module.invariance_weight = 0.0
+    _, _, loss = module(tensors, loss_kwargs={})
+    assert "plate_swap_invariance" not in loss.extra_metrics
+    with pytest.raises(ValueError, match="invariance_weight"):
+        ArmedImageModule(2, (20, 20), 3, invariance_weight=-1.0)
+
+
 def test_autoencoders_saved_by_0_4_load_with_their_decoder(crops, tmp_path):
     """0.4 files have no decoder_upsampling: they load with the decoder they were trained with."""
     adata = crops.copy()
