@@ -15,6 +15,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from .. import _validation as check
 from .._arguments import check_arguments, check_plan_kwargs, check_split
 from .._constants import FE_OBSM_KEY, RE_OBSM_KEY, UNS_KEY, LatentKind
-from .._malloc import release_freed_memory
+from .._malloc import heap_kept_for_training, release_freed_memory
 from ..train import ArmedTrainingPlan, fit_temperature
 from ..train._checkpoint import CHECKPOINT_FILE, check_same_run, read_checkpoint_run
 from . import _save_load
@@ -92,6 +93,8 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     _default_target_steps: int = DEFAULT_TARGET_STEPS
     #: Fewest default epochs (tapered on large data; see :func:`default_max_epochs`).
     _default_min_epochs: int = 0
+    # Train inside `heap_kept_for_training` (the image models; see `_malloc`).
+    _keep_heap_in_training: bool = False
     #: Module arguments set from the registered data, never by the user.
     _data_arguments: tuple[str, ...] = ("n_batch", "n_labels")
 
@@ -334,18 +337,19 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             "early_stopping": early_stopping,
             "plan_kwargs": user_plan_kwargs,
         }
-        super().train(
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=batch_size,
-            early_stopping=early_stopping,
-            plan_kwargs=plan_kwargs,
-            datasplitter_kwargs=datasplitter_kwargs,
-            **trainer_kwargs,
-        )
+        with heap_kept_for_training() if self._keep_heap_in_training else nullcontext():
+            super().train(
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                train_size=train_size,
+                validation_size=validation_size,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                plan_kwargs=plan_kwargs,
+                datasplitter_kwargs=datasplitter_kwargs,
+                **trainer_kwargs,
+            )
         self.train_params_["epochs_trained"] = (
             len(self.history_["train_loss"])
             if (self.history_ and "train_loss" in self.history_)
