@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -90,16 +91,19 @@ def load_hvg(name: str, n_top_genes: int = 2000) -> ad.AnnData:
 
 
 class EpochTimer(pl.Callback):
-    """Wall-clock seconds of each training epoch."""
+    """Wall-clock seconds and minor page faults (the process's) of each training epoch."""
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.page_faults: list[int] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         self._t = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.times.append(time.perf_counter() - self._t)
+        self.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults)
 
 
 def steady(times: list[float]) -> float:

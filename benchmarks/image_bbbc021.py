@@ -13,9 +13,11 @@ Parts (run all, or name some):
                   seed=N ...).
   throughput      training images/s of each model on the same 2,000 crops, alternating in one
                   process (run it alone: the other parts share the cores).
+  heap            the plain CNN's and the autoencoder's throughput with image training's heap
+                  tuning (armed_bio._malloc) off and on, alternating, a process per run.
 
     .venv/bin/python benchmarks/image_bbbc021.py [heldout] [lopo [plate ...] [seed=N ...]]
-        [counterfactual] [decoder_width] [throughput]
+        [counterfactual] [decoder_width] [throughput] [heap]
 
 Results: benchmarks/results/image_bbbc021_<part>.{json,md}, figure
 benchmarks/results/image_bbbc021_counterfactuals.png.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 import sys
 import time
 
@@ -348,16 +351,17 @@ def part_counterfactual() -> None:
     write_results("image_bbbc021_counterfactual", payload, "\n".join(table) + "\n")
 
 
-def part_throughput(rounds: int = 2, epochs: int = 3) -> None:
+def throughput_rows(makers: dict, rounds: int = 2, epochs: int = 3) -> dict[str, dict]:
+    """Training images/s of each ``name -> (class, kwargs)`` on the same 2,000 crops.
+
+    The models alternate within each round, so drifts in machine load hit every model alike.
+    """
     adata = load()
     sub = adata[np.sort(np.random.default_rng(SEED).choice(adata.n_obs, 2000, replace=False))]
-    makers = {
-        **{name: (ArmedImageClassifier, kw) for name, kw in MODELS.items()},
-        "ArmedImage (conv autoencoder)": (ArmedImage, {}),
-    }
     times: dict[str, list[float]] = {name: [] for name in makers}
+    faults: dict[str, list[int]] = {name: [] for name in makers}
     n_train = {}
-    for _ in range(rounds):  # alternate, so drifts in machine load hit every model alike
+    for _ in range(rounds):
         for name, (cls, kw) in makers.items():
             data = sub.copy()
             cls.setup_anndata(data, batch_key="batch", labels_key="label")
@@ -371,15 +375,28 @@ def part_throughput(rounds: int = 2, epochs: int = 3) -> None:
                 check_val_every_n_epoch=epochs + 1,
             )
             times[name] += timer.times[1:]
+            faults[name] += timer.page_faults[1:]
             n_train[name] = len(model.train_indices)
-    rows = {
+    return {
         name: {
             "s_per_epoch": float(np.median(t)),
             "images_per_s": n_train[name] / float(np.median(t)),
             "n_train": n_train[name],
+            "page_faults_per_epoch": float(np.median(faults[name])),
         }
         for name, t in times.items()
     }
+
+
+AUTOENCODER = "ArmedImage (conv autoencoder)"
+
+
+def part_throughput() -> None:
+    makers = {
+        **{name: (ArmedImageClassifier, kw) for name, kw in MODELS.items()},
+        AUTOENCODER: (ArmedImage, {}),
+    }
+    rows = throughput_rows(makers)
     plain = rows["plain CNN"]["s_per_epoch"]
     table = [
         "| model | s / epoch (1,800 crops) | training images/s | time vs plain CNN |",
@@ -398,9 +415,74 @@ def part_throughput(rounds: int = 2, epochs: int = 3) -> None:
     print("\n".join(table))
 
 
-PARTS = ("heldout", "lopo", "counterfactual", "decoder_width", "throughput")
+def heap_one(keep: bool) -> None:
+    """Print (JSON) the plain CNN's and the autoencoder's throughput, heap tuning on or off."""
+    from armed_bio.model._image_base import ArmedImageModelBase
+
+    ArmedImageModelBase._keep_heap_in_training = keep
+    makers = {
+        "plain CNN": (ArmedImageClassifier, MODELS["plain CNN"]),
+        AUTOENCODER: (ArmedImage, {}),
+    }
+    print(json.dumps(throughput_rows(makers, rounds=1)))
+
+
+def part_heap(rounds: int = 3) -> None:
+    """Throughput with image training's heap tuning (``armed_bio._malloc``) off and on.
+
+    glibc's thresholds are process-wide and cannot be reset, so each run is a fresh process;
+    off and on alternate.
+    """
+    runs = []
+    for r in range(rounds):
+        for keep in (False, True):
+            proc = subprocess.run(
+                [sys.executable, __file__, "heap_one", f"keep={int(keep)}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            rows = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs.append({"round": r, "heap_kept": keep, "results": rows})
+    write_results(
+        "image_bbbc021_heap",
+        {"machine": machine(), "batch_size": 128, "runs": runs},
+        heap_table(runs),
+    )
+    print(heap_table(runs))
+
+
+def heap_table(runs: list[dict]) -> str:
+    """The markdown of :func:`part_heap`'s runs."""
+    table = [
+        "# Image training with and without the heap kept (glibc thresholds)\n",
+        "Plain CNN and ArmedImage (defaults, with labels), 3 epochs each on the same 1,800 "
+        "BBBC021 training crops, batch 128, CPU, one torch thread; median of epochs 2-3. "
+        "`heap kept`: trained inside `armed_bio._malloc.heap_kept_for_training` (the default "
+        "since 0.9.2); `no`: glibc's dynamic thresholds (0.9.1). A fresh process per run, off "
+        "and on alternating. Page faults: minor faults of the process per autoencoder epoch. "
+        "Command: `.venv/bin/python benchmarks/image_bbbc021.py heap`.\n",
+        "| round | heap kept in training | plain CNN s / epoch | autoencoder s / epoch | "
+        "autoencoder images/s | time vs plain CNN | autoencoder page faults / epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        plain, ae = run["results"]["plain CNN"], run["results"][AUTOENCODER]
+        table.append(
+            f"| {run['round'] + 1} | {'yes' if run['heap_kept'] else 'no'} | "
+            f"{plain['s_per_epoch']:.2f} | {ae['s_per_epoch']:.2f} | {ae['images_per_s']:.0f} | "
+            f"{ae['s_per_epoch'] / plain['s_per_epoch']:.2f}x | "
+            f"{ae['page_faults_per_epoch']:,.0f} |"
+        )
+    return "\n".join(table) + "\n"
+
+
+PARTS = ("heldout", "lopo", "counterfactual", "decoder_width", "throughput", "heap")
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["heap_one"]:  # one run of part_heap, in its own process
+        heap_one(sys.argv[2] == "keep=1")
+        sys.exit()
     args = sys.argv[1:] or list(PARTS)
     parts = [a for a in args if a in PARTS]
     extra = [a for a in args if a not in parts]
@@ -415,5 +497,7 @@ if __name__ == "__main__":
         elif part == "decoder_width":
             widths = [float(a.split("=")[1]) for a in extra if a.startswith("width=")]
             part_decoder_width(tuple(widths) or (1.0, 0.75, 0.5), tuple(seeds) or (0, 1))
-        else:
+        elif part == "throughput":
             part_throughput()
+        else:
+            part_heap()

@@ -8,7 +8,9 @@ the cost of a step does not depend on the values.
 
 Run: ``.venv/bin/python benchmarks/image_step_profile.py LABEL [name=value ...]`` (e.g.
 ``before``, ``after``; ``name=value`` are autoencoder arguments such as
-``fe_reconstruction_weight=0``); each label's row is kept in
+``fe_reconstruction_weight=0``, or ``heap=1``: measure inside
+:func:`armed_bio._malloc.heap_kept_for_training`, as the models' ``train`` runs since 0.9.2);
+each label's row is kept in
 ``results/image_step_profile.json`` and the table lists them all.
 """
 
@@ -23,6 +25,7 @@ import torch
 from _common import RESULTS, machine, write_results
 from torch.nn import functional as F
 
+from armed_bio._malloc import heap_kept_for_training
 from armed_bio.module import ArmedCNNModule, ArmedImageModule
 from armed_bio.module._image_base import random_dihedral
 from armed_bio.nn._conv import pooled_features
@@ -120,13 +123,17 @@ def table(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(label: str, **kwargs) -> None:
+def main(label: str, heap: int = 0, **kwargs) -> None:
     torch.set_num_threads(1)
     path = RESULTS / f"{STEM}.json"
     payload = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     payload["machine"] = machine()
     payload["minibatch"] = [B, C, H, W]
-    payload["runs"][label] = profile(**kwargs)
+    if heap:
+        with heap_kept_for_training():
+            payload["runs"][label] = profile(**kwargs)
+    else:
+        payload["runs"][label] = profile(**kwargs)
     write_results(STEM, payload, table(payload))
 
 
