@@ -266,7 +266,7 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
     adata = crops.copy()
     ab.model.ArmedImage.setup_anndata(adata, batch_key="batch")
     small = {"channels": (8, 16), "re_channels": (8,), "n_latent": 8}
-    model = ab.model.ArmedImage(adata, **small, **ArmedImageModule.defaults_before_0_6)
+    model = ab.model.ArmedImage(adata, **{**ArmedImageModule.defaults_before_0_6, **small})
     model.train(max_epochs=1, batch_size=32, seed=0, **FAST)
     model.save(tmp_path / "m")
     attrs_file = tmp_path / "m" / "attributes.json"
@@ -293,3 +293,41 @@ def test_autoencoders_saved_by_0_5_load_with_the_0_5_defaults(crops, tmp_path):
     assert new.cluster_centres.shape[0] == 5
     assert new.decoder.start_shape[0] == 12  # decoder_width=0.75 of 16
     assert new.re_encoder.downsample == new.z_predictor.downsample == 2
+
+
+def test_autoencoders_saved_before_0_10_load_with_their_32_latent_dimensions(crops, tmp_path):
+    """n_latent became 8 in 0.10: files that never named it load with the 32 they had."""
+    from armed_bio.module import ArmedImageModule
+
+    adata = crops.copy()
+    ab.model.ArmedImage.setup_anndata(adata, batch_key="batch")
+    small = {"channels": (8, 16), "re_channels": (8,)}
+    # The behaviour of a file from before 0.3 (only the given arguments recorded).
+    old = {
+        **ArmedImageModule.added_arguments,
+        **ArmedImageModule.defaults_before_0_3,
+        **ArmedImageModule.defaults_before_0_10,
+    }
+    model = ab.model.ArmedImage(adata, **small, **old)
+    model.train(max_epochs=1, batch_size=32, seed=0, **FAST)
+    model.save(tmp_path / "m")
+    attrs_file = tmp_path / "m" / "attributes.json"
+    attrs = json.loads(attrs_file.read_text())
+    latent = model.get_latent_representation()
+    assert latent.shape[1] == 32
+    # As 0.3-0.9 wrote it: every module argument recorded, n_latent not given by the user.
+    for name in old:
+        attrs["init_params_"]["kwargs"]["module_kwargs"].pop(name)
+    attrs_file.write_text(json.dumps(attrs))
+    loaded = ab.model.ArmedImage.load(tmp_path / "m", adata=adata)
+    assert loaded.module.n_latent == 32
+    np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
+    # As 0.1-0.2 wrote it: the given arguments only.
+    del attrs["module_arguments_"]
+    attrs_file.write_text(json.dumps(attrs))
+    loaded = ab.model.ArmedImage.load(tmp_path / "m", adata=adata)
+    assert loaded.module.n_latent == 32
+    np.testing.assert_array_equal(loaded.get_latent_representation(), latent)
+    assert ab.model.ArmedImage(adata, **small).module.n_latent == 8
+    defaults_0_9 = ab.model.ArmedImage(adata, **small, **ArmedImageModule.defaults_before_0_10)
+    assert defaults_0_9.module.n_latent == 32
