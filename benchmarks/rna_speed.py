@@ -11,6 +11,7 @@ data alone.
 
     .venv/bin/python benchmarks/rna_speed.py                       # time + memory, every size
     .venv/bin/python benchmarks/rna_speed.py time --sizes 20000
+    .venv/bin/python benchmarks/rna_speed.py memory --sizes 1000000 --repeats 3
     .venv/bin/python benchmarks/rna_speed.py time --sizes 1000000 --accelerator gpu \\
         --threads 4 --limit-train-batches 2000 --stem rna_speed_gpu
 
@@ -258,36 +259,57 @@ def memory_child(n: int, name: str) -> None:
     )
 
 
-def run_memory(sizes: list[int], stem: str) -> None:
+def run_memory(sizes: list[int], stem: str, repeats: int = 1) -> None:
+    """Peak RSS of each model in fresh processes; ``repeats`` rounds, the order rotated each."""
     rows = []
     for n in sizes:
         load(n)  # simulate once, outside the measured processes
-        for name in MODELS:
-            out = subprocess.run(
-                [sys.executable, __file__, "memory-child", "--sizes", str(n), "--model", name],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
-            rows.append(json.loads(line[len("RESULT ") :]))
-            print(rows[-1], flush=True)
+        for r in range(repeats):
+            # Rotate the order so that no model always runs first on a cold page cache.
+            for name in MODELS[r % len(MODELS) :] + MODELS[: r % len(MODELS)]:
+                out = subprocess.run(
+                    [sys.executable, __file__, "memory-child", "--sizes", str(n), "--model", name],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))
+                rows.append({**json.loads(line[len("RESULT ") :]), "repeat": r})
+                print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
+    df["over_data_gib"] = df["peak_rss_gib"] - df["data_rss_gib"]
     lines = [
         "# ArmedRNA vs scVI: peak resident memory (CPU)\n",
         "Each model trains 200 batches of 128 (for ArmedRNA followed by the Z-predictor's "
         "calibration on the 10 % held-out cells) in a fresh process; peak RSS "
-        "(VmHWM) from the OS; 'data' = RSS after loading the sparse matrix.\n",
+        "(VmHWM) from the OS; 'data' = RSS after loading the sparse matrix"
+        + (f"; mean ± s.d. over {repeats} rounds of fresh processes" if repeats > 1 else "")
+        + ".\n",
         "| cells | data GiB | ArmedRNA peak GiB | ArmedRNA fixed peak GiB | scVI peak GiB |",
         "|---|---|---|---|---|",
     ]
+
+    def cell(values: pd.Series) -> str:
+        return f"{values.mean():.2f}" + (f" ± {values.std():.2f}" if len(values) > 1 else "")
+
     for n, g in df.groupby("n_cells"):
-        peak = g.set_index("model")["peak_rss_gib"]
-        lines.append(
-            f"| {n:,} | {g['data_rss_gib'].mean():.2f} | {peak['armed']:.2f} | "
-            f"{peak['armed_fixed']:.2f} | {peak['scvi']:.2f} |"
-        )
-    write_results(f"{stem}_memory", {"runs": rows, "machine": machine()}, "\n".join(lines) + "\n")
+        peaks = [cell(g.loc[g["model"] == name, "peak_rss_gib"]) for name in MODELS]
+        lines.append(f"| {n:,} | {g['data_rss_gib'].mean():.2f} | " + " | ".join(peaks) + " |")
+    if repeats > 1:
+        lines += [
+            "\nPeak over the data alone (GiB):\n",
+            "| cells | " + " | ".join(LABELS[m] for m in MODELS) + " |",
+            "|---|" + "---|" * len(MODELS),
+        ]
+        for n, g in df.groupby("n_cells"):
+            over = [
+                f"{g.loc[g['model'] == m, 'over_data_gib'].mean():.3f} ± "
+                f"{g.loc[g['model'] == m, 'over_data_gib'].std():.3f}"
+                for m in MODELS
+            ]
+            lines.append(f"| {n:,} | " + " | ".join(over) + " |")
+    payload = {"runs": df.drop(columns="over_data_gib").to_dict("records"), "machine": machine()}
+    write_results(f"{stem}_memory", payload, "\n".join(lines) + "\n")
 
 
 LABELS = {"armed": "ArmedRNA", "armed_fixed": "ArmedRNA fixed", "scvi": "scVI"}
@@ -306,8 +328,8 @@ def plot_scaling(stem: str) -> None:
     for name in MODELS:
         n = sorted(int(k) for k in speed[name])
         ax_t.plot(n, [speed[name][str(k)] for k in n], "o-", label=LABELS[name])
-        g = memory[memory["model"] == name].sort_values("n_cells")
-        ax_m.plot(g["n_cells"], g["peak_rss_gib"], "o-", label=LABELS[name])
+        g = memory[memory["model"] == name].groupby("n_cells")["peak_rss_gib"].mean()
+        ax_m.plot(g.index, g.to_numpy(), "o-", label=LABELS[name])
     data = memory.groupby("n_cells")["data_rss_gib"].mean()
     ax_m.plot(data.index, data.to_numpy(), "k--", label="the data alone")
     ax_t.set(
@@ -342,6 +364,7 @@ def main() -> None:
     parser.add_argument("--stem", default="rna_speed")
     parser.add_argument("--limit-train-batches", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--repeats", type=int, default=1, help="memory: rounds of processes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.step == "memory-child":
@@ -350,7 +373,7 @@ def main() -> None:
     if args.step in ("all", "time"):
         run_time(args.sizes, args.accelerator, args.stem, args.limit_train_batches, args.batch_size)
     if args.step in ("all", "memory"):
-        run_memory(args.sizes, args.stem)
+        run_memory(args.sizes, args.stem, args.repeats)
     if args.step in ("all", "plot"):
         plot_scaling(args.stem)
 

@@ -91,3 +91,43 @@ def test_the_tuning_hands_the_free_pages_back_when_training_ends():
     assert tuned == "True"
     assert float(inside) > 150  # freed, but kept at the heap's top during training
     assert float(after) < 20  # handed back on leaving
+
+
+def test_inference_passes_map_their_large_blocks_so_freeing_them_returns_the_pages():
+    """Chunks freed between small kept results stay resident unless mapped on their own."""
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from armed_bio._malloc import large_blocks_mapped
+
+        def rss_mib():
+            with open("/proc/self/status") as fh:
+                return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:")) / 1024
+
+        def chunks_and_results():
+            chunks, results = [], []
+            for _ in range(12):
+                chunks.append(np.ones(1_000_000))  # an 8 MB chunk
+                results.append(np.ones(1_000))  # a small result that outlives it
+            del chunks
+            return results
+
+        big = np.ones(4_000_000)
+        del big  # glibc raises its mmap threshold: 8 MB blocks come from the heap from now on
+        start = rss_mib()
+        kept = chunks_and_results()
+        heap = rss_mib() - start
+        start = rss_mib()
+        with large_blocks_mapped() as tuned:
+            kept += chunks_and_results()
+        print(tuned, heap, rss_mib() - start)
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tuned, heap, mapped = proc.stdout.split()
+    assert tuned == "True"
+    assert float(heap) > 20  # 30 MB here: the freed chunks' pages stay resident between the results
+    assert float(mapped) < 5  # each chunk was its own mapping, handed back when freed
