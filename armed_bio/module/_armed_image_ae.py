@@ -102,6 +102,11 @@ class ArmedImageModule(ArmedImageModuleBase):
         reconstruction as the own-plate render was unstable (one seed lost the phenotype,
         0.787), so it is not the default (``benchmarks/results/image_bbbc021_probes.md``,
         ``image_u373.md``).
+    intensity_jitter
+        S.d. of the random per-crop gain (log scale) and offset (standardised units) under
+        which the FE encoder sees each training crop (:func:`jitter_intensity`); the
+        reconstruction target stays the crop as imaged, so the plate's intensity must come
+        from its random effects. ``0`` (default) leaves it out.
     """
 
     #: The 0.5 defaults: ``ArmedImage(adata, **ArmedImageModule.defaults_before_0_6)``
@@ -128,6 +133,7 @@ class ArmedImageModule(ArmedImageModuleBase):
         "decoder_width": 1.0,
         "re_downsample": 1,
         "invariance_weight": 0.0,
+        "intensity_jitter": 0.0,
     }
 
     def __init__(
@@ -155,6 +161,7 @@ class ArmedImageModule(ArmedImageModuleBase):
         decoder_width: float = 0.75,
         re_downsample: int = 2,
         invariance_weight: float = 0.0,
+        intensity_jitter: float = 0.0,
     ):
         check_arguments(locals(), type(self).__name__)
         super().__init__(
@@ -170,6 +177,7 @@ class ArmedImageModule(ArmedImageModuleBase):
             augment,
             conditional_adversary,
             z_predictor_downsample=re_downsample,
+            intensity_jitter=intensity_jitter,
         )
         self.n_latent_re = n_latent_re
         self.fe_reconstruction_weight = fe_reconstruction_weight

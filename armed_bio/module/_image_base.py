@@ -30,6 +30,21 @@ def random_dihedral(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous()
 
 
+def jitter_intensity(x: torch.Tensor, sd: float) -> torch.Tensor:
+    """Standardised crops under a random per-crop, per-channel gain and offset.
+
+    ``x * exp(sd * e1) + sd * e2`` with ``e1, e2 ~ N(0, 1)``; ``sd = 0`` returns ``x``. A
+    plate's or movie's illumination and exposure move the whole crop's intensity; seen
+    through this jitter only, the FE encoder cannot tell one crop's intensity level from
+    another's, and the decoder takes the plate's level from its random effects.
+    """
+    if sd <= 0:
+        return x
+    shape = (x.shape[0], x.shape[1], 1, 1)
+    gain = torch.exp(sd * torch.randn(shape, device=x.device, dtype=x.dtype))
+    return x * gain + sd * torch.randn(shape, device=x.device, dtype=x.dtype)
+
+
 class ArmedImageModuleBase(ArmedModuleBase):
     """Base of the image modules; see :class:`ArmedCNNModule` and :class:`ArmedImageModule`.
 
@@ -55,6 +70,7 @@ class ArmedImageModuleBase(ArmedModuleBase):
         augment: bool,
         conditional_adversary: bool,
         z_predictor_downsample: int = 1,
+        intensity_jitter: float = 0.0,
     ):
         if mode not in IMAGE_MODES:
             raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}.")
@@ -73,6 +89,7 @@ class ArmedImageModuleBase(ArmedModuleBase):
         self.image_size = tuple(int(s) for s in image_size)
         self.n_latent = n_latent
         self.adversary_weight = float(adversary_weight)
+        self.intensity_jitter = float(intensity_jitter)
         self.register_buffer("image_mean", torch.zeros(n_channels))
         self.register_buffer("image_std", torch.ones(n_channels))
         # Built first: its place in the build order sets which random draws initialise it.
@@ -111,12 +128,16 @@ class ArmedImageModuleBase(ArmedModuleBase):
 
         In training, with ``augment``, each crop is randomly flipped and (when square) rotated
         by a multiple of 90 degrees first: a cell has no preferred orientation. The
-        autoencoder reconstructs the augmented crop, so input and target stay paired.
+        autoencoder reconstructs the augmented crop, so input and target stay paired. With
+        ``intensity_jitter``, the FE encoder alone sees each crop under a random gain and
+        offset (:func:`jitter_intensity`); the RE encoder, the Z-predictor and the target keep
+        the crop as imaged.
         """
         if self.training and self.augment:
             x = random_dihedral(x)
         x_in, _ = self._normalise(x)
-        z, features = self.encoder(x_in)
+        x_fe = jitter_intensity(x_in, self.intensity_jitter) if self.training else x_in
+        z, features = self.encoder(x_fe)
         out = self._encoded(z, x_in, design, batch_index, labels, features=features)
         if self.has_random_encoder:
             out["z_re"] = self.re_encoder(x_in, out["design"])[0]

@@ -235,6 +235,49 @@ def test_plate_swap_invariance_moves_crops_by_the_decoders_plate_effect_and_trai
         ArmedImageModule(2, (20, 20), 3, invariance_weight=-1.0)
 
 
+def test_intensity_jitter_moves_only_what_the_fe_encoder_sees():
+    """Each crop gets one gain and offset per channel; the target and the RE path keep it."""
+    from armed_bio.module import ArmedImageModule
+    from armed_bio.module._image_base import jitter_intensity
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 2, 10, 10)
+    assert torch.equal(jitter_intensity(x, 0.0), x)
+    y = jitter_intensity(x, 0.5)
+    # An affine map per crop and channel: a least-squares fit of y on x is exact.
+    for i in range(6):
+        for c in range(2):
+            a = torch.stack([x[i, c].flatten(), torch.ones(100)], 1)
+            coef = torch.linalg.lstsq(a, y[i, c].flatten()[:, None]).solution
+            assert torch.allclose(a @ coef, y[i, c].flatten()[:, None], atol=1e-4)
+            assert coef[0] > 0  # a gain, never a flip of the contrast
+    gains = torch.stack([(y[i, 0] - y[i, 0].mean()).std() / x[i, 0].std() for i in range(6)])
+    assert gains.std() > 0.05  # crops differ from each other
+    module = ArmedImageModule(
+        2,
+        (20, 20),
+        3,
+        channels=(8, 16),
+        re_channels=(8,),
+        n_latent=8,
+        augment=False,
+        intensity_jitter=0.5,
+    )
+    x = torch.randn(8, 2, 20, 20)  # standardised units already (mean 0, s.d. 1 buffers)
+    batch = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])[:, None]
+    module.train()
+    jittered = module.inference(x, batch)
+    torch.manual_seed(1)
+    again = module.inference(x, batch)
+    assert torch.equal(jittered["x_in"], x)  # the reconstruction target is the crop as imaged
+    assert not torch.allclose(jittered["z"], again["z"])  # the FE encoder saw other jitters
+    module.eval()
+    plain = module.inference(x, batch)
+    assert torch.equal(plain["z"], module.inference(x, batch)["z"])  # none at inference
+    with pytest.raises(ValueError, match="intensity_jitter"):
+        ArmedImageModule(2, (20, 20), 3, intensity_jitter=-0.1)
+
+
 def test_autoencoders_saved_by_0_4_load_with_their_decoder(crops, tmp_path):
     """0.4 files have no decoder_upsampling: they load with the decoder they were trained with."""
     adata = crops.copy()
