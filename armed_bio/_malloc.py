@@ -5,8 +5,8 @@ the ~8 MB dense chunks of an inference pass (1,024 cells x 2,000 genes in float3
 the heap, and pages freed between small long-lived allocations stay resident: on 1M cells the
 post-training calibration added 0.7 GiB to the peak. ``malloc_trim(0)``
 (:func:`release_freed_memory`) returns every free page of the heap, and inside the
-post-training calibration :func:`large_blocks_mapped` gives each chunk its own mapping, so that freeing it returns
-it at once and it cannot fragment the heap between trims.
+post-training calibration :func:`large_blocks_mapped` gives each chunk its own mapping,
+so that freeing it returns it at once and it cannot fragment the heap between trims.
 
 Training: a step of the image autoencoder allocates and frees tens of activation buffers of
 1-10 MB. With glibc's dynamic thresholds (heap top trimmed once more than twice the mmap
