@@ -200,8 +200,16 @@ def test_plate_swap_invariance_moves_crops_by_the_decoders_plate_effect_and_trai
     from armed_bio.module import ArmedImageModule
 
     torch.manual_seed(0)
+    # Without intensity jitter: with it, z_FE of the crop itself already moves between draws.
     module = ArmedImageModule(
-        2, (20, 20), 3, channels=(8, 16), re_channels=(8,), n_latent=8, invariance_weight=1.0
+        2,
+        (20, 20),
+        3,
+        channels=(8, 16),
+        re_channels=(8,),
+        n_latent=8,
+        invariance_weight=1.0,
+        intensity_jitter=0.0,
     ).train()
     x = torch.randn(8, 2, 20, 20)  # already in standardised units (mean 0, s.d. 1 buffers)
     batch = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])[:, None]
@@ -286,14 +294,7 @@ def test_autoencoders_saved_by_0_4_load_with_their_decoder(crops, tmp_path):
         adata, channels=(8, 16), re_channels=(8,), n_latent=8, decoder_upsampling="nearest"
     )
     model.train(max_epochs=1, batch_size=32, seed=0, **FAST)
-    model.save(tmp_path / "m")
-    attrs_file = tmp_path / "m" / "attributes.json"
-    attrs = json.loads(attrs_file.read_text())
-    # As 0.4 wrote it: the argument did not exist.
-    del attrs["module_arguments_"]["decoder_upsampling"]
-    attrs["init_params_"]["kwargs"]["module_kwargs"].pop("decoder_upsampling")
-    attrs_file.write_text(json.dumps(attrs))
-    loaded = ab.model.ArmedImage.load(tmp_path / "m", adata=adata)
+    loaded = _saved_without(model, "decoder_upsampling", tmp_path, adata)  # as 0.4 wrote it
     assert loaded.module.decoder.upsampling == "nearest"
     np.testing.assert_array_equal(
         loaded.get_counterfactual_images(indices=[0, 1]),
@@ -374,3 +375,31 @@ def test_autoencoders_saved_before_0_10_load_with_their_32_latent_dimensions(cro
     assert ab.model.ArmedImage(adata, **small).module.n_latent == 8
     defaults_0_9 = ab.model.ArmedImage(adata, **small, **ArmedImageModule.defaults_before_0_10)
     assert defaults_0_9.module.n_latent == 32
+
+
+def test_autoencoders_saved_by_0_10_load_without_intensity_jitter(crops, tmp_path):
+    """intensity_jitter became 0.5 in 0.11: 0.10 files, which lack it, load with none."""
+    from armed_bio.module import ArmedImageModule
+
+    adata = crops.copy()
+    ab.model.ArmedImage.setup_anndata(adata, batch_key="batch")
+    small = {"channels": (8, 16), "re_channels": (8,)}
+    assert ab.model.ArmedImage(adata, **small).module.intensity_jitter == 0.5
+    model = ab.model.ArmedImage(adata, **small, **ArmedImageModule.defaults_before_0_11)
+    model.train(max_epochs=1, batch_size=32, seed=0, **FAST)
+    loaded = _saved_without(model, "intensity_jitter", tmp_path, adata)  # as 0.10 wrote it
+    assert loaded.module.intensity_jitter == 0.0
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), model.get_latent_representation()
+    )
+
+
+def _saved_without(model, argument: str, tmp_path, adata):
+    """Save ``model`` as a release before ``argument`` existed wrote it, and load it back."""
+    model.save(tmp_path / "m")
+    attrs_file = tmp_path / "m" / "attributes.json"
+    attrs = json.loads(attrs_file.read_text())
+    del attrs["module_arguments_"][argument]
+    attrs["init_params_"]["kwargs"]["module_kwargs"].pop(argument)
+    attrs_file.write_text(json.dumps(attrs))
+    return type(model).load(tmp_path / "m", adata=adata)
