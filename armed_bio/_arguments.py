@@ -61,6 +61,7 @@ RULES: dict[str, Rule] = {
     "fe_reconstruction_weight": NON_NEGATIVE,
     "invariance_weight": NON_NEGATIVE,
     "intensity_jitter": NON_NEGATIVE,
+    "focus_jitter": NON_NEGATIVE,
     "re_batch_weight": NON_NEGATIVE,
     "classification_weight": NON_NEGATIVE,
     "latent_kl_weight": NON_NEGATIVE,

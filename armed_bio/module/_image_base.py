@@ -45,6 +45,33 @@ def jitter_intensity(x: torch.Tensor, sd: float) -> torch.Tensor:
     return x * gain + sd * torch.randn(shape, device=x.device, dtype=x.dtype)
 
 
+def _gaussian_blur(x: torch.Tensor) -> torch.Tensor:
+    """Depthwise 5x5 Gaussian blur (sigma 1) with reflect padding; shape is kept."""
+    t = torch.arange(-2, 3, device=x.device, dtype=x.dtype)
+    g = torch.exp(-0.5 * t**2)
+    g = g / g.sum()
+    c = x.shape[1]
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, 5, 5)
+    # Reflect padding needs the crop to be larger than the pad on each side.
+    mode = "reflect" if min(x.shape[-2:]) > 2 else "replicate"
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode=mode)
+    return torch.nn.functional.conv2d(padded, kernel, groups=c)
+
+
+def jitter_focus(x: torch.Tensor, sd: float) -> torch.Tensor:
+    """Crops under a random per-crop, per-channel blur or sharpening.
+
+    ``x + a * (blur(x) - x)`` with ``a ~ N(0, sd)`` and ``blur`` a fixed 5x5 Gaussian
+    (sigma 1): ``a > 0`` defocuses the crop, ``a < 0`` sharpens it (unsharp masking);
+    ``sd = 0`` returns ``x``. A plate's or day's focus and optics set how sharp its crops
+    are; seen through this jitter, the FE encoder cannot read the plate from the sharpness.
+    """
+    if sd <= 0:
+        return x
+    a = sd * torch.randn((x.shape[0], x.shape[1], 1, 1), device=x.device, dtype=x.dtype)
+    return x + a * (_gaussian_blur(x) - x)
+
+
 class ArmedImageModuleBase(ArmedModuleBase):
     """Base of the image modules; see :class:`ArmedCNNModule` and :class:`ArmedImageModule`.
 
@@ -71,6 +98,7 @@ class ArmedImageModuleBase(ArmedModuleBase):
         conditional_adversary: bool,
         z_predictor_downsample: int = 1,
         intensity_jitter: float = 0.0,
+        focus_jitter: float = 0.0,
     ):
         if mode not in IMAGE_MODES:
             raise ValueError(f"mode must be one of {IMAGE_MODES}, got {mode!r}.")
@@ -90,6 +118,7 @@ class ArmedImageModuleBase(ArmedModuleBase):
         self.n_latent = n_latent
         self.adversary_weight = float(adversary_weight)
         self.intensity_jitter = float(intensity_jitter)
+        self.focus_jitter = float(focus_jitter)
         self.register_buffer("image_mean", torch.zeros(n_channels))
         self.register_buffer("image_std", torch.ones(n_channels))
         # Built first: its place in the build order sets which random draws initialise it.
@@ -130,13 +159,16 @@ class ArmedImageModuleBase(ArmedModuleBase):
         by a multiple of 90 degrees first: a cell has no preferred orientation. The
         autoencoder reconstructs the augmented crop, so input and target stay paired. With
         ``intensity_jitter``, the FE encoder alone sees each crop under a random gain and
-        offset (:func:`jitter_intensity`); the RE encoder, the Z-predictor and the target keep
+        offset (:func:`jitter_intensity`) and, with ``focus_jitter``, a random blur or
+        sharpening (:func:`jitter_focus`); the RE encoder, the Z-predictor and the target keep
         the crop as imaged.
         """
         if self.training and self.augment:
             x = random_dihedral(x)
         x_in, _ = self._normalise(x)
-        x_fe = jitter_intensity(x_in, self.intensity_jitter) if self.training else x_in
+        x_fe = x_in
+        if self.training:
+            x_fe = jitter_focus(jitter_intensity(x_fe, self.intensity_jitter), self.focus_jitter)
         z, features = self.encoder(x_fe)
         out = self._encoded(z, x_in, design, batch_index, labels, features=features)
         if self.has_random_encoder:

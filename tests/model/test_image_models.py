@@ -286,6 +286,53 @@ def test_intensity_jitter_moves_only_what_the_fe_encoder_sees():
         ArmedImageModule(2, (20, 20), 3, intensity_jitter=-0.1)
 
 
+def test_focus_jitter_blurs_or_sharpens_only_what_the_fe_encoder_sees():
+    """Positive strengths smooth a crop, negative ones sharpen it; flat crops are unmoved."""
+    from armed_bio.module import ArmedImageModule
+    from armed_bio.module._image_base import _gaussian_blur, jitter_focus
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 2, 12, 12)
+    assert torch.equal(jitter_focus(x, 0.0), x)
+    flat = torch.full((3, 2, 12, 12), 1.7)
+    assert torch.allclose(_gaussian_blur(flat), flat)  # the kernel sums to one
+    assert torch.allclose(jitter_focus(flat, 1.0), flat)
+    y = jitter_focus(x, 0.5)
+    # The change is along blur(x) - x, with one strength per crop and channel.
+    d = _gaussian_blur(x) - x
+    a = ((y - x) * d).flatten(2).sum(-1) / d.pow(2).flatten(2).sum(-1)
+    assert torch.allclose(y, x + a[..., None, None] * d, atol=1e-5)
+    assert (a > 0).any()  # blurred crops
+    assert (a < 0).any()  # and sharpened ones
+    # Roughness (neighbour differences) falls where a > 0 and rises where a < 0.
+    rough_x = (x[..., 1:] - x[..., :-1]).pow(2).flatten(2).mean(-1)
+    rough_y = (y[..., 1:] - y[..., :-1]).pow(2).flatten(2).mean(-1)
+    assert torch.all((rough_y < rough_x)[a > 0.1])
+    assert torch.all((rough_y > rough_x)[a < -0.1])
+    module = ArmedImageModule(
+        2,
+        (20, 20),
+        3,
+        channels=(8, 16),
+        re_channels=(8,),
+        n_latent=8,
+        augment=False,
+        intensity_jitter=0.0,
+        focus_jitter=0.5,
+    )
+    x = torch.randn(8, 2, 20, 20)
+    batch = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])[:, None]
+    module.train()
+    jittered = module.inference(x, batch)
+    torch.manual_seed(1)
+    assert torch.equal(jittered["x_in"], x)  # the target stays the crop as imaged
+    assert not torch.allclose(jittered["z"], module.inference(x, batch)["z"])
+    module.eval()
+    assert torch.equal(module.inference(x, batch)["z"], module.inference(x, batch)["z"])
+    with pytest.raises(ValueError, match="focus_jitter"):
+        ArmedImageModule(2, (20, 20), 3, focus_jitter=-0.1)
+
+
 def test_autoencoders_saved_by_0_4_load_with_their_decoder(crops, tmp_path):
     """0.4 files have no decoder_upsampling: they load with the decoder they were trained with."""
     adata = crops.copy()
