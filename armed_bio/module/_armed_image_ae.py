@@ -110,8 +110,10 @@ class ArmedImageModule(ArmedImageModuleBase):
         over 2 seeds on BBBC021 the plate probe from ``z_FE`` falls from 0.277 / 0.298 to
         0.263 / 0.272 (chance 0.25), within DMSO wells from 0.358 / 0.347 to 0.319 / 0.310,
         with the held-out phenotype at 0.875 / 0.875 (0.866 / 0.871; pixels 0.858); on the
-        U373 movies the movie from 0.432 / 0.433 to 0.402 / 0.425 (chance 0.33). ``1.0``
-        removes more plate (0.256 / 0.256) but the phenotype falls to pixels' level
+        U373 movies the movie from 0.432 / 0.433 to 0.402 / 0.425 (chance 0.33). ``0.75``
+        removes a little more plate (0.258 / 0.261; within DMSO 0.299 / 0.300) for a lower
+        phenotype (0.862 / 0.868), and ``1.0`` (0.256 / 0.256; 0.293 / 0.296) brings the
+        phenotype down to pixels' level (0.857 / 0.861)
         (``benchmarks/results/image_bbbc021_probes.md``, ``image_u373.md``).
     focus_jitter
         S.d. of the random per-crop, per-channel blur (positive) or sharpening (negative)
