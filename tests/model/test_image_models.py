@@ -425,7 +425,10 @@ def test_autoencoders_saved_before_0_10_load_with_their_32_latent_dimensions(cro
 
 
 def test_autoencoders_saved_by_0_10_load_without_intensity_jitter(crops, tmp_path):
-    """intensity_jitter became 0.5 in 0.11: 0.10 files, which lack it, load with none."""
+    """intensity_jitter became 0.5 in 0.11: 0.10 files, which lack it, load with none.
+
+    They lack focus_jitter (added after 0.11.0) too, and load without it.
+    """
     from armed_bio.module import ArmedImageModule
 
     adata = crops.copy()
@@ -434,19 +437,22 @@ def test_autoencoders_saved_by_0_10_load_without_intensity_jitter(crops, tmp_pat
     assert ab.model.ArmedImage(adata, **small).module.intensity_jitter == 0.5
     model = ab.model.ArmedImage(adata, **small, **ArmedImageModule.defaults_before_0_11)
     model.train(max_epochs=1, batch_size=32, seed=0, **FAST)
-    loaded = _saved_without(model, "intensity_jitter", tmp_path, adata)  # as 0.10 wrote it
+    # As 0.10 wrote it.
+    loaded = _saved_without(model, ("intensity_jitter", "focus_jitter"), tmp_path, adata)
     assert loaded.module.intensity_jitter == 0.0
+    assert loaded.module.focus_jitter == 0.0
     np.testing.assert_array_equal(
         loaded.get_latent_representation(), model.get_latent_representation()
     )
 
 
-def _saved_without(model, argument: str, tmp_path, adata):
-    """Save ``model`` as a release before ``argument`` existed wrote it, and load it back."""
+def _saved_without(model, arguments: str | tuple[str, ...], tmp_path, adata):
+    """Save ``model`` as a release before ``arguments`` existed wrote it, and load it back."""
     model.save(tmp_path / "m")
     attrs_file = tmp_path / "m" / "attributes.json"
     attrs = json.loads(attrs_file.read_text())
-    del attrs["module_arguments_"][argument]
-    attrs["init_params_"]["kwargs"]["module_kwargs"].pop(argument)
+    for argument in (arguments,) if isinstance(arguments, str) else arguments:
+        del attrs["module_arguments_"][argument]
+        attrs["init_params_"]["kwargs"]["module_kwargs"].pop(argument, None)  # only if given
     attrs_file.write_text(json.dumps(attrs))
     return type(model).load(tmp_path / "m", adata=adata)
