@@ -18,8 +18,9 @@ cluster scores (``armed_bio.metrics.cluster_scores``) and the batch-predictabili
 the batch, over all cells and within cell types). Variants for tuning are written
 ``armed@adversary_scale=0.03,adversary_objective=confusion`` (model keyword arguments;
 ``min_epochs`` sets the default epochs' floor;
-``max_epochs`` and ``batch_size`` go to ``train``, ``lr`` and ``adversary_lr`` to its
-``plan_kwargs``); ``armed_v1@...`` starts from the v1 defaults.
+``max_epochs`` and ``batch_size`` go to ``train``; ``lr``, ``adversary_lr``,
+``random_effects_lr`` and ``warmup_fraction`` to its ``plan_kwargs``); ``armed_v1@...``
+starts from the v1 defaults.
 
 Datasets: the shared real sets, and ``kang_thinned``, a semi-synthetic set (Kang's real counts
 split into 5 simulated batches with known per-gene effects and a skewed cell-type mix, see
@@ -114,6 +115,8 @@ LABELS = {
     "armed": "ArmedRNA v3 defaults (FE latent)",
 }
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
+#: Variant options that go to the training plan (``train(plan_kwargs=...)``).
+PLAN_OPTIONS = ("lr", "adversary_lr", "random_effects_lr", "warmup_fraction")
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -183,7 +186,7 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
         train_kwargs = {k: kwargs.pop(k) for k in ("max_epochs", "batch_size") if k in kwargs}
         release = release_max_epochs(kwargs, a.n_obs, train_kwargs.get("batch_size", 128))
         train_kwargs = {**release, **train_kwargs}  # a given max_epochs wins
-        plan_kwargs = {k: kwargs.pop(k) for k in ("lr", "adversary_lr") if k in kwargs}
+        plan_kwargs = {k: kwargs.pop(k) for k in PLAN_OPTIONS if k in kwargs}
         if plan_kwargs:
             train_kwargs["plan_kwargs"] = plan_kwargs
         labels = kwargs.pop("labels", False)
