@@ -3,6 +3,13 @@
 from ._batch_predictability import batch_predictability
 from ._cluster import cluster_scores
 from ._objects import match_masks, match_objects
-from ._scib import scib
+from ._scib import kmeans_nmi_ari, scib
 
-__all__ = ["batch_predictability", "cluster_scores", "match_masks", "match_objects", "scib"]
+__all__ = [
+    "batch_predictability",
+    "cluster_scores",
+    "kmeans_nmi_ari",
+    "match_masks",
+    "match_objects",
+    "scib",
+]

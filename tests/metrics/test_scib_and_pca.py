@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import shared_file
 
@@ -78,3 +79,27 @@ def test_log_pca_leaves_counts_alone(kang):
     with pytest.raises(ValueError, match="non-integer"):
         ab.pp.log_pca(logged, key_added="X_new")
     assert "X_new" not in logged.obsm  # the failed call wrote nothing
+
+
+@pytest.mark.slow
+def test_scib_kmeans_restarts(kang):
+    """More k-means starts change KMeans NMI/ARI only, and the aggregates follow."""
+    one = ab.metrics.scib(kang, ["X_pca"], "batch", "cell_type")
+    ten = ab.metrics.scib(kang, ["X_pca"], "batch", "cell_type", kmeans_n_init=10)
+    one, ten = (t.set_index("metric")["value"] for t in (one, ten))
+    labels = kang.obs["cell_type"].astype(str).to_numpy()
+    x = kang.obsm["X_pca"]
+    # One start is scib-metrics' own score; ten are the best of ten.
+    for metric, value in ab.metrics.kmeans_nmi_ari(x, labels, n_init=1).items():
+        assert one[metric] == pytest.approx(value)
+    for metric, value in ab.metrics.kmeans_nmi_ari(x, labels, n_init=10).items():
+        assert ten[metric] == pytest.approx(value)
+    kmeans = ["KMeans NMI", "KMeans ARI"]
+    aggregates = ["Batch correction", "Bio conservation", "Total"]
+    pd.testing.assert_series_equal(one.drop(kmeans + aggregates), ten.drop(kmeans + aggregates))
+    bio = ["Isolated labels", *kmeans, "Silhouette label", "cLISI"]
+    assert ten["Bio conservation"] == pytest.approx(ten[bio].mean())
+    assert ten["Batch correction"] == pytest.approx(one["Batch correction"])
+    assert ten["Total"] == pytest.approx(0.4 * ten["Batch correction"] + 0.6 * ten[bio].mean())
+    with pytest.raises(ValueError, match="kmeans_n_init must be a positive integer"):
+        ab.metrics.scib(kang, ["X_pca"], "batch", "cell_type", kmeans_n_init=0)
