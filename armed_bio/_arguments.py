@@ -24,6 +24,10 @@ def _integer(value: Any) -> bool:
 
 POSITIVE_INT: Rule = ("a positive integer", lambda v: _integer(v) and v >= 1)
 NON_NEGATIVE_INT: Rule = ("an integer >= 0", lambda v: _integer(v) and v >= 0)
+OPTIONAL_POSITIVE: Rule = (
+    "None or a finite number > 0",
+    lambda v: v is None or (_number(v) and v > 0),
+)
 OPTIONAL_STEPS: Rule = ("None or an integer >= 0", lambda v: v is None or (_integer(v) and v >= 0))
 POSITIVE: Rule = ("a finite number > 0", lambda v: _number(v) and v > 0)
 NON_NEGATIVE: Rule = ("non-negative (a finite number >= 0)", lambda v: _number(v) and v >= 0)
@@ -77,6 +81,7 @@ RULES: dict[str, Rule] = {
     # the training plan (plan_kwargs)
     "lr": POSITIVE,
     "adversary_lr": POSITIVE,
+    "adversary_lr_end": OPTIONAL_POSITIVE,
     "random_effects_lr": POSITIVE,
     "warmup_fraction": UNIT_INTERVAL,
     "n_steps_adversary_warmup": OPTIONAL_STEPS,

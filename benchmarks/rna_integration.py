@@ -122,7 +122,7 @@ LABELS = {
 }
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 #: Variant options that go to the training plan (``train(plan_kwargs=...)``).
-PLAN_OPTIONS = ("lr", "adversary_lr", "random_effects_lr", "warmup_fraction")
+PLAN_OPTIONS = ("lr", "adversary_lr", "adversary_lr_end", "random_effects_lr", "warmup_fraction")
 
 
 def parse_method(spec: str) -> tuple[str, dict]:

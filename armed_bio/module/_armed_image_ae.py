@@ -80,6 +80,9 @@ class ArmedImageModule(ArmedImageModuleBase):
         Without labels, condition the adversary on this many online k-means clusters of
         ``z_FE`` (``0``: a global adversary, the 0.5 default), as in ``ArmedRNA``: the plate
         is removed within neighbourhoods of the latent rather than the phenotype mix across it.
+    centre_adversary_clusters
+        Cluster ``z_FE`` less each plate's running mean, so that a plate that shifts the
+        whole latent does not get clusters of its own (see ``ArmedVAEModule``).
     centre_random_effects
         Make the decoder's random effects sum to zero over the seen plates, so that the
         plate-free (``Z = 0``) image is the average plate by construction (``False``: the
@@ -178,6 +181,7 @@ class ArmedImageModule(ArmedImageModuleBase):
         conditional_adversary: bool = True,
         decoder_upsampling: str = "transposed",
         adversary_clusters: int = 5,
+        centre_adversary_clusters: bool = False,
         centre_random_effects: bool = True,
         decoder_width: float = 0.75,
         re_downsample: int = 2,
@@ -236,7 +240,9 @@ class ArmedImageModule(ArmedImageModuleBase):
             )
         if self.has_adversary:
             if adversary_clusters and not self.conditional_adversary:
-                self._add_adversary_clusters(adversary_clusters, n_latent)
+                self._add_adversary_clusters(
+                    adversary_clusters, n_latent, centred=centre_adversary_clusters
+                )
             self._add_adversary(sum(channels) + n_latent)
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict:

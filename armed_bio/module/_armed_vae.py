@@ -91,6 +91,11 @@ class ArmedVAEModule(ArmedModuleBase):
         this many online k-means clusters of ``z_FE`` instead (``0``: a global adversary): the
         unsupervised form of the label-conditional adversary, which removes the batch within
         neighbourhoods of the latent rather than the cell-type mix across it.
+    centre_adversary_clusters
+        Cluster ``z_FE`` less each batch's running mean. Where the batch shifts the whole
+        latent, k-means of the raw latent splits by batch; an adversary told such a
+        batch-pure cluster predicts the batch from the cluster alone and stops pushing the
+        encoder to mix it. Centred, one cell type of every batch shares a cluster.
     centre_random_effects
         Make the decoder's and label head's random effects sum to zero over the seen batches,
         so that the batch-free (``Z = 0``) decode is the average batch by construction rather
@@ -135,6 +140,7 @@ class ArmedVAEModule(ArmedModuleBase):
         classification_weight: float = 1.0,
         conditional_adversary: bool = True,
         adversary_clusters: int = 5,
+        centre_adversary_clusters: bool = False,
         centre_random_effects: bool = True,
         latent_kl_weight: float = 0.0,
     ):
@@ -198,7 +204,9 @@ class ArmedVAEModule(ArmedModuleBase):
         self.centre_random_effects = centre_random_effects
         if self.has_adversary:
             if adversary_clusters and not self.conditional_adversary:
-                self._add_adversary_clusters(adversary_clusters, n_latent)
+                self._add_adversary_clusters(
+                    adversary_clusters, n_latent, centred=centre_adversary_clusters
+                )
             self._add_adversary(n_latent + (n_hidden * n_layers if adversary_on == "all" else 0))
         if self.has_random_encoder:
             self.re_encoder = RandomEffectsEncoder(

@@ -167,6 +167,7 @@ class ArmedModuleBase(BaseModuleClass):
         )
         # Clusters of z_FE the adversary is conditioned on without labels (0: none).
         self.n_adversary_clusters = 0
+        self.centre_adversary_clusters = False
 
     # ------------------------------------------------------------------ what the mode has
     @property
@@ -192,7 +193,7 @@ class ArmedModuleBase(BaseModuleClass):
         self.z_predictor = z_predictor
         self.register_buffer("z_temperature", torch.tensor(1.0))
 
-    def _add_adversary_clusters(self, n_clusters: int, n_latent: int) -> None:
+    def _add_adversary_clusters(self, n_clusters: int, n_latent: int, centred: bool) -> None:
         """Condition the adversary on ``n_clusters`` online k-means clusters of ``z_FE``.
 
         Without labels, a global adversary removes whatever predicts the batch over the whole
@@ -201,47 +202,72 @@ class ArmedModuleBase(BaseModuleClass):
         find the batch *within* clusters, and the ``"confusion"`` objective's prior becomes
         the cluster's own batch mix. Centres and mixes follow ``z_FE`` during training (an
         exponential moving average per step) and are saved with the weights.
+
+        ``centred``: cluster ``z_FE`` less its batch's running mean. Where the batch moves the
+        whole latent (large effects, early in training), k-means of the raw latent splits by
+        batch, and an adversary told a batch-pure cluster predicts the batch from the cluster
+        alone, so nothing pushes the encoder to mix it. Centred, the same cell type of every
+        batch falls into one cluster and the adversary must look at the activations.
         """
         if n_clusters < 2:
             raise ValueError(f"adversary_clusters must be 0 or at least 2, got {n_clusters}.")
         self.n_adversary_clusters = n_clusters
+        self.centre_adversary_clusters = bool(centred)
         self.register_buffer("cluster_centres", torch.zeros(n_clusters, n_latent))
         self.register_buffer(
             "batch_given_cluster", torch.full((n_clusters, self.n_batch), 1.0 / self.n_batch)
         )
         self.register_buffer("clusters_started", torch.tensor(False))
+        if self.centre_adversary_clusters:
+            self.register_buffer("batch_latent_means", torch.zeros(self.n_batch, n_latent))
+
+    def _cluster_space(self, z: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
+        """``z_FE`` where the adversary's clusters live: less each cell's batch mean if centred."""
+        z = z.detach()
+        if not self.centre_adversary_clusters:
+            return z
+        means = self.batch_latent_means
+        return z - design[:, : means.shape[0]].to(z.dtype) @ means
 
     @torch.no_grad()
-    def update_clusters(self, z: torch.Tensor, target: torch.Tensor) -> None:
+    def update_clusters(self, z: torch.Tensor, target: torch.Tensor, design: torch.Tensor) -> None:
         """One online k-means step of the adversary's clusters on a minibatch's ``z_FE``.
 
-        The first minibatch seeds the centres with its cells; afterwards each centre moves
-        a fraction :data:`CLUSTER_MOMENTUM` towards the mean of its cells, and its batch mix
-        towards theirs. A centre with no cells in the minibatch stays where it is.
+        The first minibatch seeds the centres with its cells (and the batch means with its
+        own); afterwards each centre moves a fraction :data:`CLUSTER_MOMENTUM` towards the
+        mean of its cells, its batch mix towards theirs, and each batch's latent mean
+        towards its cells' mean. A centre (or batch) with no cells in the minibatch stays.
         """
         z = z.detach()
         n = self.n_adversary_clusters
-        if not bool(self.clusters_started):
-            seeds = torch.randperm(z.shape[0], device=z.device)[:n]
-            self.cluster_centres.copy_(z[seeds.repeat(-(-n // max(len(seeds), 1)))[:n]])
+        started = bool(self.clusters_started)
+        if self.centre_adversary_clusters:
+            members = F.one_hot(target, self.batch_latent_means.shape[0]).to(z.dtype)
+            rate = None if started else 1.0  # the first minibatch sets the means
+            self._lerp_group_means(self.batch_latent_means, members, z, rate)
+        zc = self._cluster_space(z, design)
+        if not started:
+            seeds = torch.randperm(zc.shape[0], device=zc.device)[:n]
+            self.cluster_centres.copy_(zc[seeds.repeat(-(-n // max(len(seeds), 1)))[:n]])
             self.clusters_started.fill_(True)
-        assign = torch.cdist(z, self.cluster_centres).argmin(-1)
-        one_hot = F.one_hot(assign, n).to(z.dtype)
-        counts = one_hot.sum(0)
-        present = (counts > 0).unsqueeze(-1)
-        means = (one_hot.T @ z) / counts.clamp(min=1).unsqueeze(-1)
-        self.cluster_centres.lerp_(
-            torch.where(present, means, self.cluster_centres), CLUSTER_MOMENTUM
-        )
-        mix = one_hot.T @ F.one_hot(target, self.batch_given_cluster.shape[1]).to(z.dtype)
-        mix = mix / counts.clamp(min=1).unsqueeze(-1)
-        self.batch_given_cluster.lerp_(
-            torch.where(present, mix, self.batch_given_cluster), CLUSTER_MOMENTUM
-        )
+        one_hot = F.one_hot(torch.cdist(zc, self.cluster_centres).argmin(-1), n).to(z.dtype)
+        self._lerp_group_means(self.cluster_centres, one_hot, zc)
+        batches = F.one_hot(target, self.batch_given_cluster.shape[1]).to(z.dtype)
+        self._lerp_group_means(self.batch_given_cluster, one_hot, batches)
 
-    def clusters_of(self, z: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _lerp_group_means(
+        buffer: torch.Tensor, members: torch.Tensor, values: torch.Tensor, rate: float | None = None
+    ) -> None:
+        """Move each row of ``buffer`` towards the mean ``values`` of its ``members`` (one-hot)."""
+        counts = members.sum(0)
+        means = (members.T @ values) / counts.clamp(min=1).unsqueeze(-1)
+        present = (counts > 0).unsqueeze(-1)
+        buffer.lerp_(torch.where(present, means, buffer), rate or CLUSTER_MOMENTUM)
+
+    def clusters_of(self, z: torch.Tensor, design: torch.Tensor) -> torch.Tensor:
         """The adversary's cluster of each row of ``z_FE`` (nearest centre)."""
-        return torch.cdist(z.detach(), self.cluster_centres).argmin(-1)
+        return torch.cdist(self._cluster_space(z, design), self.cluster_centres).argmin(-1)
 
     def _add_adversary(self, n_features: int) -> None:
         """Add the adversary on ``n_features`` FE activations (and the label, if conditional)."""
@@ -368,7 +394,8 @@ class ArmedModuleBase(BaseModuleClass):
         """Each cell's label (or cluster) code and the table of ``p(batch | code)``."""
         if self.conditional_adversary:
             return inference_outputs["labels"].view(-1).long(), self.batch_given_label
-        return self.clusters_of(inference_outputs["z"]), self.batch_given_cluster
+        clusters = self.clusters_of(inference_outputs["z"], inference_outputs["design"])
+        return clusters, self.batch_given_cluster
 
     def with_label(self, h: torch.Tensor, inference_outputs: dict) -> torch.Tensor:
         """``h`` with the one-hot label (or cluster) appended when the adversary is conditional."""
@@ -404,7 +431,7 @@ class ArmedModuleBase(BaseModuleClass):
         if not self.has_adversary:
             return torch.zeros((), device=target.device)
         if self.training and self.n_adversary_clusters and not self.conditional_adversary:
-            self.update_clusters(inference_outputs["z"], target)
+            self.update_clusters(inference_outputs["z"], target, inference_outputs["design"])
         logits = self.adversary(self.adversary_input(inference_outputs))
         weight = self.current_adversary_weight() * warmup
         term, adv_metrics = adversary_penalty(

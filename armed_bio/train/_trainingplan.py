@@ -28,6 +28,9 @@ class ArmedTrainingPlan(TrainingPlan):
         Learning rate of the main optimizer (Adam).
     adversary_lr
         Learning rate of the adversary's own Adam.
+    adversary_lr_end
+        If given, the adversary's learning rate rises geometrically from ``adversary_lr``
+        once its warm-up ends (``lambda_g`` at full weight) to this value at the last step.
     random_effects_lr
         Learning rate of the random-effect posteriors (means and scales).
     warmup_fraction
@@ -55,6 +58,7 @@ class ArmedTrainingPlan(TrainingPlan):
         *,
         lr: float = 1e-3,
         adversary_lr: float = 1e-3,
+        adversary_lr_end: float | None = None,
         random_effects_lr: float = 1e-2,
         warmup_fraction: float = 0.25,
         n_steps_adversary_warmup: int | None = None,
@@ -68,6 +72,8 @@ class ArmedTrainingPlan(TrainingPlan):
         super().__init__(module, lr=lr, n_steps_kl_warmup=n_steps_kl_warmup, **kwargs)
         self.automatic_optimization = False
         self.adversary_lr = adversary_lr
+        self.adversary_lr_end = adversary_lr_end
+        self.n_steps_total = 0
         self.random_effects_lr = random_effects_lr
         self.warmup_fraction = warmup_fraction
         self.n_steps_adversary_warmup = n_steps_adversary_warmup
@@ -87,6 +93,7 @@ class ArmedTrainingPlan(TrainingPlan):
 
     def on_train_start(self) -> None:
         total = int(self.trainer.max_epochs * self.trainer.num_training_batches)
+        self.n_steps_total = total
         default = max(1, int(self.warmup_fraction * total))
         if self.n_steps_adversary_warmup is None:
             self.n_steps_adversary_warmup = default
@@ -105,6 +112,15 @@ class ArmedTrainingPlan(TrainingPlan):
         if not self.n_steps_adversary_warmup:
             return 1.0
         return min(1.0, self.armed_step / self.n_steps_adversary_warmup)
+
+    def current_adversary_lr(self) -> float:
+        """The adversary's learning rate at this step (constant unless ``adversary_lr_end``)."""
+        if self.adversary_lr_end is None:
+            return self.adversary_lr
+        start = self.n_steps_adversary_warmup or 0
+        span = max(1, self.n_steps_total - 1 - start)
+        frac = min(1.0, max(0.0, (self.armed_step - start) / span))
+        return self.adversary_lr * (self.adversary_lr_end / self.adversary_lr) ** frac
 
     def _loss_kwargs(self) -> dict:
         return {
@@ -153,6 +169,9 @@ class ArmedTrainingPlan(TrainingPlan):
         adv_ce = None
         if self.module.has_adversary and len(optimizers) > 1:
             opt_adv = optimizers[1]
+            if self.adversary_lr_end is not None:
+                for group in opt_adv.param_groups:
+                    group["lr"] = self.current_adversary_lr()
             adv_ce, adv_acc = self.module.adversary_loss(inference_outputs, batch["batch"])
             opt_adv.zero_grad()
             self.manual_backward(adv_ce)
@@ -177,9 +196,10 @@ class ArmedTrainingPlan(TrainingPlan):
         self.armed_step += 1
 
         n_obs = loss_output.n_obs_minibatch
-        self._accumulate(
-            "train", {"train_loss": loss_output.loss, "kl_weight": self.kl_weight}, n_obs
-        )
+        logged = {"train_loss": loss_output.loss, "kl_weight": self.kl_weight}
+        if self.adversary_lr_end is not None:
+            logged["adversary_lr"] = self.current_adversary_lr()
+        self._accumulate("train", logged, n_obs)
         self.compute_and_log_metrics(loss_output, self.train_metrics, "train")
         return loss_output.loss
 

@@ -102,6 +102,7 @@ TRAIN_ARGUMENTS = [
     ({"train_size": 0.8, "validation_size": 0.5}, "train_size \\+ validation_size must be at"),
     ({"plan_kwargs": {"lr": 0}}, "plan_kwargs: lr must be a finite number > 0, got 0"),
     ({"plan_kwargs": {"adversary_lr": float("nan")}}, "adversary_lr must be a finite number"),
+    ({"plan_kwargs": {"adversary_lr_end": 0}}, "adversary_lr_end must be None or a finite"),
     ({"plan_kwargs": {"random_effects_lr": -1e-3}}, "random_effects_lr must be a finite"),
     ({"plan_kwargs": {"warmup_fraction": 2}}, r"warmup_fraction must be a number in \[0, 1\]"),
     ({"plan_kwargs": {"n_steps_kl_warmup": -5}}, "n_steps_kl_warmup must be None or an integer"),

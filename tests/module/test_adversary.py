@@ -133,15 +133,46 @@ def test_cluster_conditional_adversary_tracks_clusters_and_saves_them(tmp_path):
     z = model.get_latent_representation(kind="fe")
     import torch
 
-    clusters = module.clusters_of(torch.as_tensor(z)).numpy()
+    design = module.design_matrix(torch.as_tensor(adata.obs["batch"].cat.codes.to_numpy()))
+    clusters = module.clusters_of(torch.as_tensor(z), design).numpy()
     nearest = ((z[:, None, :] - module.cluster_centres.numpy()[None]) ** 2).sum(-1).argmin(1)
     np.testing.assert_array_equal(clusters, nearest)
+    assert not hasattr(module, "batch_latent_means")  # raw z_FE unless centred
     model.save(tmp_path / "m")
     loaded = ArmedRNA.load(tmp_path / "m", adata=adata)
     np.testing.assert_array_equal(loaded.module.cluster_centres.numpy(), module.cluster_centres)
     np.testing.assert_array_equal(loaded.module.batch_given_cluster.numpy(), mix)
     with pytest.raises(ValueError, match="adversary_clusters must be 0 or at least 2"):
         ArmedRNA(adata, seed=0, adversary_clusters=1)
+
+
+def test_centred_clusters_live_in_batch_centred_latent(tmp_path):
+    """centre_adversary_clusters: clusters of z_FE less its batch's running mean."""
+    import torch
+
+    adata = ab.datasets.simulate_counts(
+        n_cells=300, n_genes=60, n_batches=3, batch_effect_sd=1.0, seed=2
+    )
+    ArmedRNA.setup_anndata(adata, batch_key="batch")
+    model = ArmedRNA(adata, seed=0, adversary_clusters=4, centre_adversary_clusters=True)
+    module = model.module
+    assert module.batch_latent_means.shape == (3, 10)
+    model.train(max_epochs=20, seed=0, **FAST)
+    z = model.get_latent_representation(kind="fe")
+    codes = adata.obs["batch"].cat.codes.to_numpy()
+    means = module.batch_latent_means.numpy()
+    # The running means follow each batch's cells (an average over recent minibatches):
+    # each is nearest its own batch's mean latent.
+    batch_means = np.stack([z[codes == b].mean(0) for b in range(3)])
+    distances = ((means[:, None, :] - batch_means[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(distances.argmin(1), [0, 1, 2])
+    centred = z - means[codes]
+    nearest = ((centred[:, None, :] - module.cluster_centres.numpy()[None]) ** 2).sum(-1).argmin(1)
+    design = module.design_matrix(torch.as_tensor(codes))
+    np.testing.assert_array_equal(module.clusters_of(torch.as_tensor(z), design), nearest)
+    model.save(tmp_path / "m")
+    loaded = ArmedRNA.load(tmp_path / "m", adata=adata).module
+    np.testing.assert_array_equal(loaded.batch_latent_means.numpy(), means)
 
 
 def test_variational_latent_pays_kl_and_reports_its_mean():

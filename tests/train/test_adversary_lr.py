@@ -1,0 +1,40 @@
+"""The adversary's learning-rate ramp (``plan_kwargs={"adversary_lr_end": ...}``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FAST
+
+import armed_bio as ab
+from armed_bio.model import ArmedRNA
+from armed_bio.train import ArmedTrainingPlan
+
+
+def test_ramp_is_flat_in_warmup_then_geometric_to_the_end():
+    adata = ab.datasets.simulate_counts(n_cells=100, n_genes=20, n_batches=2, seed=0)
+    ArmedRNA.setup_anndata(adata, batch_key="batch")
+    plan = ArmedTrainingPlan(ArmedRNA(adata).module, adversary_lr=1e-3, adversary_lr_end=1e-2)
+    plan.n_steps_total, plan.n_steps_adversary_warmup = 101, 20
+    lrs = {}
+    for step in (0, 20, 60, 100, 150):
+        plan.armed_step = step
+        lrs[step] = plan.current_adversary_lr()
+    assert lrs[0] == lrs[20] == pytest.approx(1e-3)  # flat while lambda_g warms up
+    assert lrs[60] == pytest.approx(np.sqrt(1e-3 * 1e-2))  # half-way, geometrically
+    assert lrs[100] == lrs[150] == pytest.approx(1e-2)
+    constant = ArmedTrainingPlan(ArmedRNA(adata).module, adversary_lr=2e-3)
+    constant.armed_step = 50
+    assert constant.current_adversary_lr() == 2e-3
+
+
+def test_training_with_the_ramp_steps_the_adversary_at_the_logged_rate():
+    adata = ab.datasets.simulate_counts(n_cells=200, n_genes=30, n_batches=2, seed=0)
+    ArmedRNA.setup_anndata(adata, batch_key="batch")
+    model = ArmedRNA(adata, seed=0)
+    plan = {"adversary_lr": 1e-3, "adversary_lr_end": 1e-2, "warmup_fraction": 0.2}
+    model.train(max_epochs=10, seed=0, plan_kwargs=plan, **FAST)
+    logged = model.history["adversary_lr"].to_numpy(dtype=float).ravel()
+    assert logged[0] == pytest.approx(1e-3)  # the first epoch is inside the warm-up
+    assert np.all(np.diff(logged) >= 0)
+    assert 5e-3 < logged[-1] <= 1e-2  # the last epoch's mean rate, near the end value
