@@ -73,7 +73,8 @@ def scib(
         Restarts of the k-means behind KMeans NMI/ARI; the partition of lowest inertia is
         scored. scib-metrics runs one (the default here, for published comparability), which
         can stop in a local minimum that splits a large cell type and merges two small ones
-        (on Kang's cells the uncorrected PCA scores NMI 0.69 with one start, 0.95 with ten).
+        (on the semi-synthetic kang_thinned the uncorrected PCA scores NMI 0.69 with one start,
+        0.95 with ten).
         With more than one, both metrics and the aggregates are recomputed from them.
 
     Returns
@@ -85,8 +86,7 @@ def scib(
     :func:`armed_bio.pl.metrics`.
     """
     benchmarker, batch_correction, bio_conservation = _benchmarker_classes()
-    if not isinstance(kmeans_n_init, int | np.integer) or kmeans_n_init < 1:
-        raise ValueError(f"kmeans_n_init must be a positive integer, got {kmeans_n_init!r}.")
+    _check_n_init(kmeans_n_init, "kmeans_n_init")
     check_anndata(adata)
     obsm_keys = check_obsm_keys(adata, obsm_keys)
     check_obsm_keys(adata, [pre_integrated_key], what="pre_integrated_key")
@@ -139,6 +139,11 @@ def scib(
     return tidy
 
 
+def _check_n_init(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
 def kmeans_nmi_ari(x: np.ndarray, labels: np.ndarray, n_init: int = 10) -> dict[str, float]:
     """NMI and ARI of the labels against the k-means partition of an embedding.
 
@@ -160,6 +165,9 @@ def kmeans_nmi_ari(x: np.ndarray, labels: np.ndarray, n_init: int = 10) -> dict[
     ``{"KMeans NMI": ..., "KMeans ARI": ...}``.
     """
     _benchmarker_classes()  # the helpful error when scib-metrics is missing
+    _check_n_init(n_init, "n_init")
+    if len(x) != len(labels):
+        raise ValueError(f"x has {len(x)} rows but labels has {len(labels)}: one label per cell.")
     from scib_metrics.utils import KMeans
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 

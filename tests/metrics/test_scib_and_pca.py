@@ -103,3 +103,11 @@ def test_scib_kmeans_restarts(kang):
     assert ten["Total"] == pytest.approx(0.4 * ten["Batch correction"] + 0.6 * ten[bio].mean())
     with pytest.raises(ValueError, match="kmeans_n_init must be a positive integer"):
         ab.metrics.scib(kang, ["X_pca"], "batch", "cell_type", kmeans_n_init=0)
+
+
+def test_kmeans_nmi_ari_bad_input(kang):
+    x, labels = kang.obsm["X_pca"], kang.obs["cell_type"].astype(str).to_numpy()
+    with pytest.raises(ValueError, match="n_init must be a positive integer"):
+        ab.metrics.kmeans_nmi_ari(x, labels, n_init=0)
+    with pytest.raises(ValueError, match="one label per cell"):
+        ab.metrics.kmeans_nmi_ari(x, labels[:-1])
