@@ -38,21 +38,33 @@ SEMI_SYNTHETIC = {
     },
 }
 
+#: Release settings that go to the training plan (``train(plan_kwargs=...)``), not the model.
+PLAN_OPTIONS = ("lr", "adversary_lr", "adversary_lr_end", "random_effects_lr", "warmup_fraction")
+
+# ArmedRNA's 0.7-0.11 (v3) values of what 0.12.0 changed: "armed_v3" in the benchmarks is
+# ArmedRNA with these (a constant adversary learning rate, no ramp).
+V3 = {"adversary_lr_end": None}
+
 # ArmedRNA's 0.3-0.6 (v2) values of what 0.7.0 changed: "armed_v2" in the benchmarks is
 # ArmedRNA with these; "min_epochs" 0 is the default epochs without the 75-epoch floor.
-V2 = {"adversary_scale": 0.01, "min_epochs": 0}
+V2 = {**V3, "adversary_scale": 0.01, "min_epochs": 0}
 
 
-def release_max_epochs(model_kwargs: dict, n_obs: int, batch_size: int = 128) -> dict:
-    """Pop ``min_epochs`` (see :data:`V2`) from ``model_kwargs``; return its ``train`` keyword.
+def release_train_kwargs(model_kwargs: dict, n_obs: int, batch_size: int = 128) -> dict:
+    """Pop the ``train`` settings of a release (:data:`V2`, :data:`V3`) from ``model_kwargs``.
 
-    That is the ``max_epochs`` a release's defaults chose on ``n_obs`` cells (``{}`` when
-    ``model_kwargs`` names no floor).
+    Returns ``train``'s keywords: the ``max_epochs`` a release's defaults chose on ``n_obs``
+    cells when ``model_kwargs`` names its floor ``min_epochs``, and the
+    :data:`PLAN_OPTIONS` as ``plan_kwargs`` (``{}`` when it names neither).
     """
-    if "min_epochs" not in model_kwargs:
-        return {}
-    floor = model_kwargs.pop("min_epochs")
-    return {"max_epochs": default_max_epochs(n_obs, batch_size, min_epochs=floor)}
+    train: dict = {}
+    if "min_epochs" in model_kwargs:
+        floor = model_kwargs.pop("min_epochs")
+        train["max_epochs"] = default_max_epochs(n_obs, batch_size, min_epochs=floor)
+    plan = {k: model_kwargs.pop(k) for k in PLAN_OPTIONS if k in model_kwargs}
+    if plan:
+        train["plan_kwargs"] = plan
+    return train
 
 
 # ArmedRNA's first-release (v1) values of every argument that the core-model work added or

@@ -10,7 +10,8 @@ method) and each seed, embeds the cells with
 - ``armed_fixed``: ``ArmedRNA(mode="fixed")``, the scMEDAL-FE-style adversarial autoencoder,
 - ``armed_v1``: full ``ArmedRNA`` with the first release's defaults (``_common.V1``),
 - ``armed_v2``: full ``ArmedRNA`` with the 0.3-0.6 defaults (``_common.V2``),
-- ``armed``: full ``ArmedRNA`` with today's defaults (v3, 0.7.0; its FE latent),
+- ``armed_v3``: full ``ArmedRNA`` with the 0.7-0.11 defaults (``_common.V3``),
+- ``armed``: full ``ArmedRNA`` with today's defaults (v4, 0.12.0; its FE latent),
 
 then scores every embedding with the scIB suite (``armed_bio.metrics.scib``), scMEDAL's
 cluster scores (``armed_bio.metrics.cluster_scores``) and the batch-predictability probe
@@ -19,8 +20,8 @@ the batch, over all cells and within cell types). Variants for tuning are writte
 ``armed@adversary_scale=0.03,adversary_objective=confusion`` (model keyword arguments;
 ``min_epochs`` sets the default epochs' floor;
 ``max_epochs`` and ``batch_size`` go to ``train``; ``lr``, ``adversary_lr``,
-``random_effects_lr`` and ``warmup_fraction`` to its ``plan_kwargs``); ``armed_v1@...``
-starts from the v1 defaults.
+``random_effects_lr``, ``adversary_lr_end`` and ``warmup_fraction`` to its ``plan_kwargs``);
+``armed_v1@...`` starts from the v1 defaults (``armed_v2@``, ``armed_v3@`` likewise).
 
 Datasets: the shared real sets, and ``kang_thinned``, a semi-synthetic set (Kang's real counts
 split into 5 simulated batches with known per-gene effects and a skewed cell-type mix, see
@@ -61,9 +62,10 @@ from _common import (
     SEMI_SYNTHETIC,
     V1,
     V2,
+    V3,
     load_hvg,
     machine,
-    release_max_epochs,
+    release_train_kwargs,
     write_results,
 )
 
@@ -76,10 +78,22 @@ logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 logging.getLogger("scvi").setLevel(logging.ERROR)
 CACHE = Path(__file__).resolve().parent / ".cache" / "rna_integration"
 RUNS = RESULTS / "rna_integration_runs"
-METHODS = ["pca", "harmony", "scvi", "scanvi", "armed_fixed", "armed_v1", "armed_v2", "armed"]
+METHODS = [
+    "pca",
+    "harmony",
+    "scvi",
+    "scanvi",
+    "armed_fixed",
+    "armed_v1",
+    "armed_v2",
+    "armed_v3",
+    "armed",
+]
+#: The earlier releases' defaults (``armed_vN``), on top of today's.
+RELEASES = {"armed_v1": V1, "armed_v2": V2, "armed_v3": V3}
 TOTALS = ("Batch correction", "Bio conservation", "Total")
 # Which change did what: v1, v1 plus each v2 change, v2, v2 less each, v2 plus each v3
-# change, v3 (see ablation_table).
+# change, v3, v3 plus the v4 change and the changes not kept (see ablation_table).
 ABLATION = [
     ("v1 (first release)", "armed_v1"),
     ("v1 + centred random effects", "armed_v1@centre_random_effects=true"),
@@ -91,7 +105,11 @@ ABLATION = [
     ("v2 - lambda_F 0.1 (back to 0.2)", "armed_v2@fe_reconstruction_weight=0.2"),
     ("v2 + 75-epoch floor (= v3 - weaker adversary)", "armed_v2@min_epochs=75"),
     ("v2 + adversary_scale 0.0075 (= v3 - epoch floor)", "armed_v2@adversary_scale=0.0075"),
-    ("v3 (both)", "armed"),
+    ("v3 (both)", "armed_v3"),
+    ("v3 + adversary lr ramp to 0.01 (= v4)", "armed"),
+    ("v3 + adversary lr ramp to 0.01 (v4, an earlier run)", "armed_v3@adversary_lr_end=0.01"),
+    ("v3 + constant adversary lr 0.01 (not kept)", "armed_v3@adversary_lr=0.01"),
+    ("v3 + batch-centred adversary clusters (not kept)", "armed_v3@centre_adversary_clusters=true"),
     ("v1 + variational z_FE (not kept)", "armed_v1@latent_kl_weight=1.0"),
     (
         "v2 + variational z_FE (not kept)",
@@ -118,11 +136,10 @@ LABELS = {
     "armed_fixed": "ArmedRNA fixed (scMEDAL-FE)",
     "armed_v1": "ArmedRNA v1 defaults (FE latent)",
     "armed_v2": "ArmedRNA v2 defaults (FE latent)",
-    "armed": "ArmedRNA v3 defaults (FE latent)",
+    "armed_v3": "ArmedRNA v3 defaults (FE latent)",
+    "armed": "ArmedRNA v4 defaults (FE latent)",
 }
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
-#: Variant options that go to the training plan (``train(plan_kwargs=...)``).
-PLAN_OPTIONS = ("lr", "adversary_lr", "adversary_lr_end", "random_effects_lr", "warmup_fraction")
 
 
 def parse_method(spec: str) -> tuple[str, dict]:
@@ -185,16 +202,12 @@ def embed(adata, spec: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
             "X": scanvi.get_latent_representation(),
             "X_scvi": model.get_latent_representation(),
         }, facts
-    if base in ("armed", "armed_fixed", "armed_v1", "armed_v2"):
-        if base in ("armed_v1", "armed_v2"):
-            kwargs = {**(V1 if base == "armed_v1" else V2), **kwargs}
+    if base in ("armed", "armed_fixed", *RELEASES):
+        kwargs = {**RELEASES.get(base, {}), **kwargs}
         mode = "fixed" if base == "armed_fixed" else kwargs.pop("mode", "mixed")
         train_kwargs = {k: kwargs.pop(k) for k in ("max_epochs", "batch_size") if k in kwargs}
-        release = release_max_epochs(kwargs, a.n_obs, train_kwargs.get("batch_size", 128))
+        release = release_train_kwargs(kwargs, a.n_obs, train_kwargs.get("batch_size", 128))
         train_kwargs = {**release, **train_kwargs}  # a given max_epochs wins
-        plan_kwargs = {k: kwargs.pop(k) for k in PLAN_OPTIONS if k in kwargs}
-        if plan_kwargs:
-            train_kwargs["plan_kwargs"] = plan_kwargs
         labels = kwargs.pop("labels", False)
         ArmedRNA.setup_anndata(a, batch_key="batch", labels_key="cell_type" if labels else None)
         model = ArmedRNA(a, mode=mode, seed=seed, **kwargs)
@@ -500,7 +513,8 @@ def ablation_table(scib_df: pd.DataFrame, probe_df: pd.DataFrame, seed: int = 0)
     probe = probe_df[(probe_df["seed"] == seed) & (probe_df["group"] == "within labels")]
     probe = probe.set_index(["embedding", "classifier"])["balanced_accuracy"]
     lines = [
-        f"\nAblation, seed {seed} (v1 plus each change, v2 less each, v2 plus each v3 change):\n",
+        f"\nAblation, seed {seed} (v1 plus each change, v2 less each, v2 plus each v3 change, "
+        "v3 plus the v4 change and those not kept):\n",
         "| what | spec | Total | Batch correction | Bio conservation | KBET "
         "| within labels, knn | within labels, linear |",
         "|---|---|---|---|---|---|---|---|",

@@ -14,10 +14,11 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -93,6 +94,8 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     _default_target_steps: int = DEFAULT_TARGET_STEPS
     #: Fewest default epochs (tapered on large data; see :func:`default_max_epochs`).
     _default_min_epochs: int = 0
+    #: Training-plan arguments this model uses unless ``train(plan_kwargs=...)`` names them.
+    _default_plan_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     # Train inside `heap_kept_for_training` (the image models; see `_malloc`).
     _keep_heap_in_training: bool = False
     #: Module arguments set from the registered data, never by the user.
@@ -262,7 +265,9 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             ``early_stopping_patience`` and ``early_stopping_min_delta``.
         plan_kwargs
             Passed to :class:`~armed_bio.train.ArmedTrainingPlan` (``lr``, ``adversary_lr``,
-            ``warmup_fraction``, ...).
+            ``warmup_fraction``, ...). They override the model's defaults: ``ArmedRNA``
+            ramps the adversary's learning rate to ``adversary_lr_end=0.01`` after its
+            warm-up (``plan_kwargs={"adversary_lr_end": None}`` keeps it constant).
         datasplitter_kwargs
             Passed to scvi's ``DataSplitter``.
         checkpoint_dir
@@ -307,8 +312,10 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             )
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
-        plan_kwargs = dict(plan_kwargs or {})
-        user_plan_kwargs = dict(plan_kwargs)
+        # The run's plan arguments (the model's defaults, then the user's): what a checkpoint
+        # compares on resume and what train_params_ records.
+        run_plan_kwargs = {**self._default_plan_kwargs, **(plan_kwargs or {})}
+        plan_kwargs = dict(run_plan_kwargs)
         if checkpoint_dir is not None:
             plan_kwargs.update(
                 self._checkpointing(
@@ -321,7 +328,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                         "seed": seed,
                         "train_size": train_size,
                         "validation_size": validation_size,
-                        "plan_kwargs": user_plan_kwargs,
+                        "plan_kwargs": run_plan_kwargs,
                     },
                     trainer_kwargs,
                 )
@@ -335,7 +342,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             "seed": seed,
             "train_size": train_size if train_size is not None else 0.9,
             "early_stopping": early_stopping,
-            "plan_kwargs": user_plan_kwargs,
+            "plan_kwargs": run_plan_kwargs,
         }
         with heap_kept_for_training() if self._keep_heap_in_training else nullcontext():
             super().train(

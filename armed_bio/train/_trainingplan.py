@@ -140,7 +140,7 @@ class ArmedTrainingPlan(TrainingPlan):
             self.module.load_state_dict(self._epoch_start_state)
         lrs = {
             "lr": self.lr,
-            "adversary_lr": self.adversary_lr,
+            "adversary_lr": self.current_adversary_lr(),
             "random_effects_lr": self.random_effects_lr,
         }
         raise TrainingDivergedError(

@@ -38,3 +38,22 @@ def test_training_with_the_ramp_steps_the_adversary_at_the_logged_rate():
     assert logged[0] == pytest.approx(1e-3)  # the first epoch is inside the warm-up
     assert np.all(np.diff(logged) >= 0)
     assert 5e-3 < logged[-1] <= 1e-2  # the last epoch's mean rate, near the end value
+
+
+def test_armed_rna_ramps_by_default_and_none_keeps_the_rate_constant():
+    adata = ab.datasets.simulate_counts(n_cells=200, n_genes=30, n_batches=2, seed=0)
+    ArmedRNA.setup_anndata(adata, batch_key="batch")
+    ramped = ArmedRNA(adata, seed=0)
+    ramped.train(max_epochs=8, seed=0, **FAST)
+    logged = ramped.history["adversary_lr"].to_numpy(dtype=float).ravel()
+    assert logged[0] == pytest.approx(1e-3)
+    assert 5e-3 < logged[-1] <= 1e-2
+    assert ramped.train_params_["plan_kwargs"] == {"adversary_lr_end": 0.01}
+    assert ramped.run_record()["train"]["plan_kwargs"]["adversary_lr_end"] == 0.01
+    constant = ArmedRNA(adata, seed=0)
+    constant.train(max_epochs=8, seed=0, plan_kwargs=ArmedRNA.plan_defaults_before_0_12, **FAST)
+    assert "adversary_lr" not in constant.history  # logged only while it changes
+    fe = {m: m.get_latent_representation(kind="fe") for m in (ramped, constant)}
+    assert not np.allclose(fe[ramped], fe[constant])  # the ramp changes training
+    # The image models keep a constant rate (their defaults were measured without the ramp).
+    assert ab.model.ArmedImage._default_plan_kwargs == {}
