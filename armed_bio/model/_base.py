@@ -14,11 +14,10 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -94,8 +93,6 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
     _default_target_steps: int = DEFAULT_TARGET_STEPS
     #: Fewest default epochs (tapered on large data; see :func:`default_max_epochs`).
     _default_min_epochs: int = 0
-    #: Training-plan arguments this model uses unless ``train(plan_kwargs=...)`` names them.
-    _default_plan_kwargs: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     # Train inside `heap_kept_for_training` (the image models; see `_malloc`).
     _keep_heap_in_training: bool = False
     #: Module arguments set from the registered data, never by the user.
@@ -222,6 +219,10 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         module.batch_given_label.copy_(torch.as_tensor(prior, dtype=torch.float32))
 
     # ------------------------------------------------------------------ training
+    def _default_plan_kwargs(self) -> dict[str, Any]:
+        """Training-plan arguments this model uses unless ``train(plan_kwargs=...)`` names them."""
+        return {}
+
     def train(
         self,
         max_epochs: int | None = None,
@@ -265,9 +266,9 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             ``early_stopping_patience`` and ``early_stopping_min_delta``.
         plan_kwargs
             Passed to :class:`~armed_bio.train.ArmedTrainingPlan` (``lr``, ``adversary_lr``,
-            ``warmup_fraction``, ...). They override the model's defaults: ``ArmedRNA``
-            ramps the adversary's learning rate to ``adversary_lr_end=0.01`` after its
-            warm-up (``plan_kwargs={"adversary_lr_end": None}`` keeps it constant).
+            ``warmup_fraction``, ...). They override the model's defaults: the mixed
+            ``ArmedRNA`` ramps the adversary's learning rate to ``adversary_lr_end=0.01``
+            after its warm-up (``plan_kwargs={"adversary_lr_end": None}`` keeps it constant).
         datasplitter_kwargs
             Passed to scvi's ``DataSplitter``.
         checkpoint_dir
@@ -314,7 +315,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
         # The run's plan arguments (the model's defaults, then the user's): what a checkpoint
         # compares on resume and what train_params_ records.
-        run_plan_kwargs = {**self._default_plan_kwargs, **(plan_kwargs or {})}
+        run_plan_kwargs = {**self._default_plan_kwargs(), **(plan_kwargs or {})}
         plan_kwargs = dict(run_plan_kwargs)
         if checkpoint_dir is not None:
             plan_kwargs.update(

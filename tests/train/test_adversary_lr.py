@@ -40,7 +40,7 @@ def test_training_with_the_ramp_steps_the_adversary_at_the_logged_rate():
     assert 5e-3 < logged[-1] <= 1e-2  # the last epoch's mean rate, near the end value
 
 
-def test_armed_rna_ramps_by_default_and_none_keeps_the_rate_constant():
+def test_mixed_armed_rna_ramps_by_default_and_none_keeps_the_rate_constant():
     adata = ab.datasets.simulate_counts(n_cells=200, n_genes=30, n_batches=2, seed=0)
     ArmedRNA.setup_anndata(adata, batch_key="batch")
     ramped = ArmedRNA(adata, seed=0)
@@ -55,5 +55,8 @@ def test_armed_rna_ramps_by_default_and_none_keeps_the_rate_constant():
     assert "adversary_lr" not in constant.history  # logged only while it changes
     fe = {m: m.get_latent_representation(kind="fe") for m in (ramped, constant)}
     assert not np.allclose(fe[ramped], fe[constant])  # the ramp changes training
-    # The image models keep a constant rate (their defaults were measured without the ramp).
-    assert ab.model.ArmedImage._default_plan_kwargs == {}
+    # mode="fixed" keeps a constant rate (the ramp cost it CellBench's batch correction).
+    fixed = ArmedRNA(adata, mode="fixed", seed=0)
+    fixed.train(max_epochs=2, seed=0, **FAST)
+    assert "adversary_lr" not in fixed.history
+    assert fixed.train_params_["plan_kwargs"] == {}
