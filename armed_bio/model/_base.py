@@ -313,9 +313,10 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
             )
         if not isinstance(max_epochs, int) or max_epochs < 1:
             raise ValueError(f"max_epochs must be a positive integer, got {max_epochs!r}.")
-        # The run's plan arguments (the model's defaults, then the user's): what a checkpoint
-        # compares on resume and what train_params_ records.
-        run_plan_kwargs = {**self._default_plan_kwargs(), **(plan_kwargs or {})}
+        # A checkpoint compares the user's train() arguments on resume; train_params_ records
+        # the run's plan arguments (the model's defaults, then the user's).
+        user_plan_kwargs = dict(plan_kwargs or {})
+        run_plan_kwargs = {**self._default_plan_kwargs(), **user_plan_kwargs}
         plan_kwargs = dict(run_plan_kwargs)
         if checkpoint_dir is not None:
             plan_kwargs.update(
@@ -329,7 +330,7 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
                         "seed": seed,
                         "train_size": train_size,
                         "validation_size": validation_size,
-                        "plan_kwargs": run_plan_kwargs,
+                        "plan_kwargs": user_plan_kwargs,
                     },
                     trainer_kwargs,
                 )
