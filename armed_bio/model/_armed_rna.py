@@ -103,7 +103,7 @@ class ArmedRNA(DifferentialExpressionMixin, ArmedModelBase):
         # The mixed model: a slow adversary through the warm-up, then faster. scIB Total above
         # Harmony on Kang, CellBench and kang_thinned, 3 seeds; a constant 0.01 from the start
         # leaves the huge-effect simulation's batch in z_FE. mode="fixed" keeps a constant
-        # rate: with the ramp its CellBench Total fell (0.759 against 0.795).
+        # rate: with the ramp its CellBench Total fell (0.759 against 0.781, 3 seeds).
         # benchmarks/results/rna_integration.md ("v3": the constant rate).
         return {"adversary_lr_end": 0.01} if self.module.mode == "mixed" else {}
 
