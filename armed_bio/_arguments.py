@@ -28,6 +28,10 @@ OPTIONAL_POSITIVE: Rule = (
     "None or a finite number > 0",
     lambda v: v is None or (_number(v) and v > 0),
 )
+OPTIONAL_POSITIVE_INT: Rule = (
+    "None or a positive integer",
+    lambda v: v is None or (_integer(v) and v >= 1),
+)
 OPTIONAL_STEPS: Rule = ("None or an integer >= 0", lambda v: v is None or (_integer(v) and v >= 0))
 POSITIVE: Rule = ("a finite number > 0", lambda v: _number(v) and v > 0)
 NON_NEGATIVE: Rule = ("non-negative (a finite number >= 0)", lambda v: _number(v) and v >= 0)
@@ -60,6 +64,8 @@ RULES: dict[str, Rule] = {
     "re_downsample": POSITIVE_INT,
     "dropout_rate": DROPOUT,
     "adversary_clusters": ADVERSARY_CLUSTERS,
+    "adversary_hidden": OPTIONAL_POSITIVE_INT,
+    "adversary_layers": POSITIVE_INT,
     # loss weights and priors
     "adversary_scale": NON_NEGATIVE,
     "fe_reconstruction_weight": NON_NEGATIVE,

@@ -41,9 +41,13 @@ SEMI_SYNTHETIC = {
 #: Release settings that go to the training plan (``train(plan_kwargs=...)``), not the model.
 PLAN_OPTIONS = ("lr", "adversary_lr", "adversary_lr_end", "random_effects_lr", "warmup_fraction")
 
+# ArmedRNA's 0.12 (v4) values of what 0.13.0 changed: "armed_v4" in the benchmarks is
+# ArmedRNA with these (the 64-unit adversary, its learning rate ramped from 1e-3).
+V4 = {"adversary_hidden": 64, "adversary_lr": 1e-3}
+
 # ArmedRNA's 0.7-0.11 (v3) values of what 0.12.0 changed: "armed_v3" in the benchmarks is
 # ArmedRNA with these (a constant adversary learning rate, no ramp).
-V3 = {"adversary_lr_end": None}
+V3 = {**V4, "adversary_lr_end": None}
 
 # ArmedRNA's 0.3-0.6 (v2) values of what 0.7.0 changed: "armed_v2" in the benchmarks is
 # ArmedRNA with these; "min_epochs" 0 is the default epochs without the 75-epoch floor.
@@ -51,7 +55,7 @@ V2 = {**V3, "adversary_scale": 0.01, "min_epochs": 0}
 
 
 def release_train_kwargs(model_kwargs: dict, n_obs: int, batch_size: int = 128) -> dict:
-    """Pop the ``train`` settings of a release (:data:`V2`, :data:`V3`) from ``model_kwargs``.
+    """Pop the ``train`` settings of a release (:data:`V2`, :data:`V3`, ...) from ``model_kwargs``.
 
     Returns ``train``'s keywords: the ``max_epochs`` a release's defaults chose on ``n_obs``
     cells when ``model_kwargs`` names its floor ``min_epochs``, and the

@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 import torch
-from _common import RESULTS, V1, V2, V3, machine, release_train_kwargs, write_results
+from _common import RESULTS, V1, V2, V3, V4, machine, release_train_kwargs, write_results
 
 from armed_bio.datasets import simulate_counts
 from armed_bio.model import ArmedRNA
@@ -302,7 +302,8 @@ def main() -> None:
             "v1": truth_check(V1),
             "v2": truth_check(V2),
             "v3": truth_check(V3),
-            "v4": truth_check({}, plot=True),
+            "v4": truth_check(V4),
+            "v5": truth_check({}, plot=True),
         }
     if sys.argv[1:] == ["truth"]:
         memory = json.loads(stored.read_text())["memory"]
@@ -353,7 +354,7 @@ def main() -> None:
         "# Counterfactual expression\n\n## Against the simulated truth (8,000 cells x 500 genes, "
         "5 batches, batch_4 held out then adapted)\n\nv1: the first release's defaults "
         "(`_common.V1`); v2: those of 0.3-0.6 (`_common.V2`); v3: those of 0.7-0.11 "
-        "(`_common.V3`); v4: today's. r: correlation "
+        "(`_common.V3`); v4: those of 0.12 (`_common.V4`); v5: today's. r: correlation "
         "over cells x genes of log expression, "
         "each gene's mean removed; cells moved out of their own batch for 'as batch k'. "
         "Effect r and slope: the per-gene effect (mean over cells of as batch k minus "

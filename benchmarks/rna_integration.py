@@ -11,7 +11,8 @@ method) and each seed, embeds the cells with
 - ``armed_v1``: full ``ArmedRNA`` with the first release's defaults (``_common.V1``),
 - ``armed_v2``: full ``ArmedRNA`` with the 0.3-0.6 defaults (``_common.V2``),
 - ``armed_v3``: full ``ArmedRNA`` with the 0.7-0.11 defaults (``_common.V3``),
-- ``armed``: full ``ArmedRNA`` with today's defaults (v4, 0.12.0; its FE latent),
+- ``armed_v4``: full ``ArmedRNA`` with the 0.12 defaults (``_common.V4``),
+- ``armed``: full ``ArmedRNA`` with today's defaults (v5, 0.13.0; its FE latent),
 
 then scores every embedding with the scIB suite (``armed_bio.metrics.scib``), scMEDAL's
 cluster scores (``armed_bio.metrics.cluster_scores``) and the batch-predictability probe
@@ -21,7 +22,7 @@ the batch, over all cells and within cell types). Variants for tuning are writte
 ``min_epochs`` sets the default epochs' floor;
 ``max_epochs`` and ``batch_size`` go to ``train``; ``lr``, ``adversary_lr``,
 ``random_effects_lr``, ``adversary_lr_end`` and ``warmup_fraction`` to its ``plan_kwargs``);
-``armed_v1@...`` starts from the v1 defaults (``armed_v2@``, ``armed_v3@`` likewise).
+``armed_v1@...`` starts from the v1 defaults (``armed_v2@`` to ``armed_v4@`` likewise).
 
 Datasets: the shared real sets, and ``kang_thinned``, a semi-synthetic set (Kang's real counts
 split into 5 simulated batches with known per-gene effects and a skewed cell-type mix, see
@@ -63,6 +64,7 @@ from _common import (
     V1,
     V2,
     V3,
+    V4,
     load_hvg,
     machine,
     release_train_kwargs,
@@ -87,13 +89,15 @@ METHODS = [
     "armed_v1",
     "armed_v2",
     "armed_v3",
+    "armed_v4",
     "armed",
 ]
 #: The earlier releases' defaults (``armed_vN``), on top of today's.
-RELEASES = {"armed_v1": V1, "armed_v2": V2, "armed_v3": V3}
+RELEASES = {"armed_v1": V1, "armed_v2": V2, "armed_v3": V3, "armed_v4": V4}
 TOTALS = ("Batch correction", "Bio conservation", "Total")
 # Which change did what: v1, v1 plus each v2 change, v2, v2 less each, v2 plus each v3
-# change, v3, v3 plus the v4 change and the changes not kept (see ablation_table).
+# change, v3, v3 plus the v4 change, v4 plus each v5 change, and the changes not kept (see
+# ablation_table).
 ABLATION = [
     ("v1 (first release)", "armed_v1"),
     ("v1 + centred random effects", "armed_v1@centre_random_effects=true"),
@@ -106,10 +110,17 @@ ABLATION = [
     ("v2 + 75-epoch floor (= v3 - weaker adversary)", "armed_v2@min_epochs=75"),
     ("v2 + adversary_scale 0.0075 (= v3 - epoch floor)", "armed_v2@adversary_scale=0.0075"),
     ("v3 (both)", "armed_v3"),
-    ("v3 + adversary lr ramp to 0.01 (= v4)", "armed"),
+    ("v3 + adversary lr ramp to 0.01 (= v4)", "armed_v4"),
     ("v3 + adversary lr ramp to 0.01 (v4, an earlier run)", "armed_v3@adversary_lr_end=0.01"),
     ("v3 + constant adversary lr 0.01 (not kept)", "armed_v3@adversary_lr=0.01"),
     ("v3 + batch-centred adversary clusters (not kept)", "armed_v3@centre_adversary_clusters=true"),
+    ("v4 + 256-unit adversary (= v5 - slower start)", "armed@adversary_lr=0.001"),
+    ("v4 + adversary lr ramp from 3e-4 (= v5 - wider adversary)", "armed_v4@adversary_lr=0.0003"),
+    ("v5 (both)", "armed"),
+    (
+        "v4 + 256-unit, 2-layer adversary (not kept)",
+        "armed@adversary_layers=2,adversary_lr=0.001",
+    ),
     ("v1 + variational z_FE (not kept)", "armed_v1@latent_kl_weight=1.0"),
     (
         "v2 + variational z_FE (not kept)",
@@ -137,7 +148,8 @@ LABELS = {
     "armed_v1": "ArmedRNA v1 defaults (FE latent)",
     "armed_v2": "ArmedRNA v2 defaults (FE latent)",
     "armed_v3": "ArmedRNA v3 defaults (FE latent)",
-    "armed": "ArmedRNA v4 defaults (FE latent)",
+    "armed_v4": "ArmedRNA v4 defaults (FE latent)",
+    "armed": "ArmedRNA v5 defaults (FE latent)",
 }
 QUIET = {"accelerator": "cpu", "enable_progress_bar": False}
 
@@ -514,7 +526,7 @@ def ablation_table(scib_df: pd.DataFrame, probe_df: pd.DataFrame, seed: int = 0)
     probe = probe.set_index(["embedding", "classifier"])["balanced_accuracy"]
     lines = [
         f"\nAblation, seed {seed} (v1 plus each change, v2 less each, v2 plus each v3 change, "
-        "v3 plus the v4 change and those not kept):\n",
+        "v3 plus the v4 change, v4 plus each v5 change and those not kept):\n",
         "| what | spec | Total | Batch correction | Bio conservation | KBET "
         "| within labels, knn | within labels, linear |",
         "|---|---|---|---|---|---|---|---|",

@@ -267,8 +267,9 @@ class ArmedModelBase(UnsupervisedTrainingMixin, BaseModelClass):
         plan_kwargs
             Passed to :class:`~armed_bio.train.ArmedTrainingPlan` (``lr``, ``adversary_lr``,
             ``warmup_fraction``, ...). They override the model's defaults: the mixed
-            ``ArmedRNA`` ramps the adversary's learning rate to ``adversary_lr_end=0.01``
-            after its warm-up (``plan_kwargs={"adversary_lr_end": None}`` keeps it constant).
+            ``ArmedRNA`` holds the adversary's learning rate at ``adversary_lr=3e-4`` through
+            its warm-up and then ramps it to ``adversary_lr_end=0.01``
+            (``plan_kwargs={"adversary_lr_end": None}`` keeps it constant).
         datasplitter_kwargs
             Passed to scvi's ``DataSplitter``.
         checkpoint_dir

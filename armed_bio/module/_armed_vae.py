@@ -20,6 +20,9 @@ from ..nn import (
 from ..nn._likelihoods import log_factorial, nb_count_terms, nb_mean_terms, poisson_mean_terms
 from ._base import ArmedModuleBase, accuracy
 
+# The mixed model's adversary width (since 0.13.0); the fixed model keeps 64.
+MIXED_ADVERSARY_HIDDEN = 256
+
 
 class ArmedVAEModule(ArmedModuleBase):
     """Fixed-effects encoder + adversary, random-effects encoder, mixed-effects decoder.
@@ -100,6 +103,14 @@ class ArmedVAEModule(ArmedModuleBase):
         Make the decoder's and label head's random effects sum to zero over the seen batches,
         so that the batch-free (``Z = 0``) decode is the average batch by construction rather
         than something the FE-only reconstruction has to teach.
+    adversary_hidden, adversary_layers
+        Width and depth of the adversary's MLP. ``None``: 256 units in ``"mixed"`` mode
+        (since 0.13.0; 64 before), 64 otherwise. A wider adversary finds more of the batch
+        left within each cluster, so the encoder is pushed to remove it (with ``ArmedRNA``'s
+        slower start of the adversary's learning rate, the scIB Totals of Kang and CellBench
+        rise a little and the within-type batch probes fall); ``mode="fixed"`` lost with it
+        (CellBench 0.773 against 0.781; ``benchmarks/results/rna_integration.md``). Two
+        layers remove more still but leave k-means of ``z_FE`` in local minima on some seeds.
     latent_kl_weight
         Weight of ``KL(q(z_FE | x) || N(0, I))`` per cell (``0``: a deterministic ``z_FE``,
         the first release). A variational ``z_FE`` pays for every bit it keeps; the batch,
@@ -113,7 +124,13 @@ class ArmedVAEModule(ArmedModuleBase):
         "fe_reconstruction_weight": 0.2,
         "adversary_clusters": 0,
         "centre_random_effects": False,
+        "adversary_hidden": 64,
     }
+    #: The 0.3-0.12 adversary: ``ArmedRNA(adata, **ArmedVAEModule.defaults_before_0_13)``
+    #: builds the 0.12 (v4) model.
+    defaults_before_0_13 = {"adversary_hidden": 64}
+    #: Arguments added after 0.3 with the value that model files saved without them had.
+    added_arguments = {"adversary_hidden": 64, "adversary_layers": 1}
 
     def __init__(
         self,
@@ -143,6 +160,8 @@ class ArmedVAEModule(ArmedModuleBase):
         centre_adversary_clusters: bool = False,
         centre_random_effects: bool = True,
         latent_kl_weight: float = 0.0,
+        adversary_hidden: int | None = None,
+        adversary_layers: int = 1,
     ):
         check_arguments(locals(), type(self).__name__)
         if mode not in MODES:
@@ -207,7 +226,13 @@ class ArmedVAEModule(ArmedModuleBase):
                 self._add_adversary_clusters(
                     adversary_clusters, n_latent, centred=centre_adversary_clusters
                 )
-            self._add_adversary(n_latent + (n_hidden * n_layers if adversary_on == "all" else 0))
+            if adversary_hidden is None:
+                adversary_hidden = MIXED_ADVERSARY_HIDDEN if mode == "mixed" else 64
+            self._add_adversary(
+                n_latent + (n_hidden * n_layers if adversary_on == "all" else 0),
+                adversary_hidden,
+                adversary_layers,
+            )
         if self.has_random_encoder:
             self.re_encoder = RandomEffectsEncoder(
                 n_hidden, n_batch, n_latent_re, n_hidden=64, prior_sd=hidden_prior_sd

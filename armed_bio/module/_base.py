@@ -269,10 +269,10 @@ class ArmedModuleBase(BaseModuleClass):
         """The adversary's cluster of each row of ``z_FE`` (nearest centre)."""
         return torch.cdist(self._cluster_space(z, design), self.cluster_centres).argmin(-1)
 
-    def _add_adversary(self, n_features: int) -> None:
+    def _add_adversary(self, n_features: int, n_hidden: int = 64, n_layers: int = 1) -> None:
         """Add the adversary on ``n_features`` FE activations (and the label, if conditional)."""
         n_in = n_features + self.n_adversary_label_inputs
-        self.adversary = Classifier(n_in, self.n_batch_reference, n_hidden=64)
+        self.adversary = Classifier(n_in, self.n_batch_reference, n_hidden, n_layers)
 
     # ------------------------------------------------------------------ design matrix
     def design_matrix(self, batch_index: torch.Tensor) -> torch.Tensor:

@@ -80,6 +80,8 @@ MODEL_ARGUMENTS = [
     ({"output_prior_sd": -1.0}, "output_prior_sd must be a finite number > 0"),
     ({"classification_weight": -2}, "classification_weight must be non-negative"),
     ({"adversary_clusters": -1}, "adversary_clusters must be 0 or at least 2"),
+    ({"adversary_hidden": 0}, "adversary_hidden must be None or a positive integer, got 0"),
+    ({"adversary_layers": 1.5}, "adversary_layers must be a positive integer, got 1.5"),
 ]
 
 

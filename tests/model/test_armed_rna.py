@@ -12,6 +12,9 @@ import armed_bio as ab
 from armed_bio.model import ArmedImage, ArmedRNA
 from armed_bio.model._base import default_max_epochs
 
+# The mixed model's adversary width since 0.13.0 (ArmedVAEModule's default).
+DEFAULT_ADVERSARY_HIDDEN = 256
+
 
 @pytest.mark.parametrize(
     ("mode", "likelihood"),
@@ -124,6 +127,48 @@ def test_models_saved_before_0_3_load_with_their_own_defaults(sim, tmp_path):
     again = json.loads((tmp_path / "new" / "attributes.json").read_text())
     assert again["module_arguments_"]["centre_random_effects"] is False
     assert ArmedRNA.load(tmp_path / "new", adata=sim).module.n_adversary_clusters == 0
+
+
+def test_the_adversary_size_is_an_argument_and_older_files_load_their_own(sim, tmp_path):
+    """``adversary_hidden`` / ``adversary_layers`` shape the adversary.
+
+    A file written before they existed (0.12) loads the 64-unit, one-layer adversary it was
+    trained with.
+    """
+    import json
+
+    from armed_bio.module import ArmedVAEModule
+
+    ArmedRNA.setup_anndata(sim, batch_key="batch")
+
+    def widths(module) -> list[int]:
+        layers = module.adversary.modules()
+        return [m.out_features for m in layers if isinstance(m, torch.nn.Linear)]
+
+    n_batch = 3
+    assert widths(ArmedRNA(sim, seed=0, adversary_hidden=32, adversary_layers=2).module) == [
+        32,
+        32,
+        n_batch,
+    ]
+    assert widths(ArmedRNA(sim, seed=0).module) == [DEFAULT_ADVERSARY_HIDDEN, n_batch]
+    # mode="fixed" keeps the 64-unit adversary (the wider one cost it CellBench's Total).
+    assert widths(ArmedRNA(sim, mode="fixed", seed=0).module) == [64, n_batch]
+    old = ArmedRNA(sim, seed=0, **ArmedVAEModule.defaults_before_0_13)
+    assert widths(old.module) == [64, n_batch]
+    old.train(max_epochs=2, seed=0, **FAST)
+    old.save(tmp_path / "m")
+    attrs_file = tmp_path / "m" / "attributes.json"
+    attrs = json.loads(attrs_file.read_text())
+    for name in ("adversary_hidden", "adversary_layers"):  # as 0.12 wrote it
+        del attrs["module_arguments_"][name]
+        attrs["init_params_"]["kwargs"]["module_kwargs"].pop(name, None)
+    attrs_file.write_text(json.dumps(attrs))
+    loaded = ArmedRNA.load(tmp_path / "m", adata=sim)
+    assert widths(loaded.module) == [64, n_batch]
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), old.get_latent_representation()
+    )
 
 
 def test_save_refuses_non_empty_dir_and_load_checks_genes(trained, tmp_path):

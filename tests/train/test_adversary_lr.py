@@ -46,10 +46,13 @@ def test_mixed_armed_rna_ramps_by_default_and_none_keeps_the_rate_constant():
     ramped = ArmedRNA(adata, seed=0)
     ramped.train(max_epochs=8, seed=0, **FAST)
     logged = ramped.history["adversary_lr"].to_numpy(dtype=float).ravel()
-    assert logged[0] == pytest.approx(1e-3)
+    assert logged[0] == pytest.approx(3e-4)  # since 0.13 the ramp starts at 3e-4
     assert 5e-3 < logged[-1] <= 1e-2
-    assert ramped.train_params_["plan_kwargs"] == {"adversary_lr_end": 0.01}
+    assert ramped.train_params_["plan_kwargs"] == {"adversary_lr": 3e-4, "adversary_lr_end": 0.01}
     assert ramped.run_record()["train"]["plan_kwargs"]["adversary_lr_end"] == 0.01
+    v4 = ArmedRNA(adata, seed=0)
+    v4.train(max_epochs=8, seed=0, plan_kwargs=ArmedRNA.plan_defaults_before_0_13, **FAST)
+    assert v4.history["adversary_lr"].to_numpy(dtype=float).ravel()[0] == pytest.approx(1e-3)
     constant = ArmedRNA(adata, seed=0)
     constant.train(max_epochs=8, seed=0, plan_kwargs=ArmedRNA.plan_defaults_before_0_12, **FAST)
     assert "adversary_lr" not in constant.history  # logged only while it changes
