@@ -67,12 +67,14 @@ class ArmedRNA(DifferentialExpressionMixin, ArmedModelBase):
     # The adversary keeps removing batch after 1,500 steps on data of Kang's size (8,684
     # cells: 25 -> 75 epochs, scIB Total 0.808 -> 0.819; benchmarks/results/rna_integration.md).
     _default_min_epochs = 75
-    #: The 0.7-0.11 training: ``model.train(plan_kwargs=ArmedRNA.plan_defaults_before_0_12)``
-    #: (with ``ArmedVAEModule.defaults_before_0_13``'s adversary, the 0.7-0.11 model).
-    plan_defaults_before_0_12 = MappingProxyType({"adversary_lr": 1e-3, "adversary_lr_end": None})
     #: The 0.12 training: ``model.train(plan_kwargs=ArmedRNA.plan_defaults_before_0_13)``
     #: (with ``ArmedVAEModule.defaults_before_0_13``'s adversary, the 0.12 model).
     plan_defaults_before_0_13 = MappingProxyType({"adversary_lr": 1e-3})
+    #: The 0.7-0.11 training: ``model.train(plan_kwargs=ArmedRNA.plan_defaults_before_0_12)``
+    #: (with ``ArmedVAEModule.defaults_before_0_13``'s adversary, the 0.7-0.11 model).
+    plan_defaults_before_0_12 = MappingProxyType(
+        {**plan_defaults_before_0_13, "adversary_lr_end": None}
+    )
 
     def __init__(
         self,

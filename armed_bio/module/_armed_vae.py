@@ -18,9 +18,9 @@ from ..nn import (
     RandomEffectsEncoder,
 )
 from ..nn._likelihoods import log_factorial, nb_count_terms, nb_mean_terms, poisson_mean_terms
-from ._base import ArmedModuleBase, accuracy
+from ._base import ADVERSARY_HIDDEN, ArmedModuleBase, accuracy
 
-# The mixed model's adversary width (since 0.13.0); the fixed model keeps 64.
+# The mixed model's adversary width (since 0.13.0); the fixed model keeps ADVERSARY_HIDDEN.
 MIXED_ADVERSARY_HIDDEN = 256
 
 
@@ -227,7 +227,7 @@ class ArmedVAEModule(ArmedModuleBase):
                     adversary_clusters, n_latent, centred=centre_adversary_clusters
                 )
             if adversary_hidden is None:
-                adversary_hidden = MIXED_ADVERSARY_HIDDEN if mode == "mixed" else 64
+                adversary_hidden = MIXED_ADVERSARY_HIDDEN if mode == "mixed" else ADVERSARY_HIDDEN
             self._add_adversary(
                 n_latent + (n_hidden * n_layers if adversary_on == "all" else 0),
                 adversary_hidden,

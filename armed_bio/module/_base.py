@@ -33,6 +33,9 @@ DETERMINISTIC_VAR = 1e-8
 # Submodules that may hold random effects, in the order their KL terms are added.
 RANDOM_EFFECT_PARTS: tuple[str, ...] = ("decoder", "re_encoder", "label_head")
 
+# Hidden units of the adversary's MLP unless a module asks for another width.
+ADVERSARY_HIDDEN = 64
+
 # Per-step moving-average rate of the adversary's cluster centres and batch mixes.
 CLUSTER_MOMENTUM = 0.05
 
@@ -269,7 +272,9 @@ class ArmedModuleBase(BaseModuleClass):
         """The adversary's cluster of each row of ``z_FE`` (nearest centre)."""
         return torch.cdist(self._cluster_space(z, design), self.cluster_centres).argmin(-1)
 
-    def _add_adversary(self, n_features: int, n_hidden: int = 64, n_layers: int = 1) -> None:
+    def _add_adversary(
+        self, n_features: int, n_hidden: int = ADVERSARY_HIDDEN, n_layers: int = 1
+    ) -> None:
         """Add the adversary on ``n_features`` FE activations (and the label, if conditional)."""
         n_in = n_features + self.n_adversary_label_inputs
         self.adversary = Classifier(n_in, self.n_batch_reference, n_hidden, n_layers)
